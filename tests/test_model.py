@@ -1,0 +1,207 @@
+"""model.py against transformers: logit parity, GGUF, cached generation, export, and bad input."""
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as M
+from conftest import SHARED_DATA
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+CASES = {
+    "gpt2": ("gpt2", {}),
+    "llama-gqa-tied": ("llama", {"tie_word_embeddings": True}),
+    "llama-gqa-untied": ("llama", {"tie_word_embeddings": False}),
+    "llama-untied-llama3-rope": ("llama", {"tie_word_embeddings": False, "rope_parameters":
+                                           {**LLAMA3_ROPE, "rope_theta": 500000.0}}),
+    "llama-tied-llama3-rope": ("llama", {"tie_word_embeddings": True, "rope_parameters":
+                                         {**LLAMA3_ROPE, "rope_theta": 500000.0}}),
+    "qwen2-bias": ("qwen2", {}),
+}
+
+
+def max_logit_diff(ours, ref, idx):
+    with torch.no_grad():
+        return (ours(idx) - ref(idx).logits).abs().max().item()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_logit_parity_with_transformers(tiny_checkpoint, case):
+    kind, overrides = CASES[case]
+    folder, ref = tiny_checkpoint(kind, **overrides)
+    ours, _ = M.load_checkpoint(folder)
+    assert ours.config.tie_embeddings == ref.config.tie_word_embeddings
+    idx = torch.randint(0, ref.config.vocab_size, (2, 100), generator=torch.Generator().manual_seed(0))
+    assert max_logit_diff(ours, ref, idx) <= 1e-4
+    if "llama3-rope" in case:  # the scaling must matter at these positions, or the case proves nothing
+        plain = M.Transformer(dataclasses.replace(ours.config, rope_scaling=None))
+        plain.load_state_dict(ours.state_dict())
+        assert max_logit_diff(plain.eval(), ref, idx) > 1e-2
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    return M.load_checkpoint(smollm2_gguf)
+
+
+def test_gguf_matches_transformers_gguf_loader(smollm2, smollm2_gguf):
+    from transformers import AutoModelForCausalLM
+    ours, tok = smollm2
+    ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(smollm2_gguf), gguf_file=os.path.basename(smollm2_gguf),
+                                               dtype=torch.float32).eval()
+    prompts = ["The capital of France is", "def fibonacci(n):\n    ", "Question: What is 12 + 30?\nAnswer:",
+               "Once upon a time, there was a"]
+    for text in prompts:
+        idx = torch.tensor([tok.encode(text)])
+        with torch.no_grad():
+            a, b = ours(idx)[0, -1], ref(idx).logits[0, -1]
+        assert a.argmax() == b.argmax(), text
+        assert (a - b).abs().max() < 1e-3, text
+    greedy_ours = ours.generate([tok.encode(prompts[0])], 8)[0]
+    greedy_ref = ref.generate(torch.tensor([tok.encode(prompts[0])]), max_new_tokens=8, do_sample=False)[0, -8:]
+    assert greedy_ours == greedy_ref.tolist()
+
+
+def test_gguf_heldout_perplexity(smollm2):
+    model, tok = smollm2
+    with open(os.path.join(SHARED_DATA, "heldout", "lee_background.cor")) as f:
+        idx = torch.tensor([tok.encode(f.read())[:1024]])
+    with torch.no_grad():
+        ppl = F.cross_entropy(model(idx)[0, :-1], idx[0, 1:]).exp().item()
+    assert ppl < 40, ppl  # ~28; with llama.cpp's Q/K permutation left in place it is ~600
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+    n_head, w = 3, torch.arange(6 * 4 * 5).reshape(24, 5).float()
+    # llama.cpp's convert script: reshape(n_head, 2, rows // n_head // 2, ...).swapaxes(1, 2)
+    permuted = w.reshape(n_head, 2, 4, 5).transpose(1, 2).reshape(24, 5)
+    assert torch.equal(M.unpermute(permuted, n_head), w)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
+    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    prompt = [5, 17, 300, 42, 7]
+    cached = model.generate([prompt], 20)[0]
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(20):
+            seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
+    assert cached == seq[len(prompt):]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_padded_batch_equals_each_row_alone(tiny_checkpoint, kind):
+    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    prompts = [[1, 2, 3], [9, 8, 7, 6, 5, 4, 3, 2], [100]]
+    batched = model.generate(prompts, 12)
+    assert batched == [model.generate([p], 12)[0] for p in prompts]
+    sampled = model.generate(prompts, 12, temperature=0.8, top_p=0.9, seed=3)
+    assert sampled == model.generate(prompts, 12, temperature=0.8, top_p=0.9, seed=3)
+
+
+def test_generation_stops_on_eos_and_stop_callback(tiny_checkpoint):
+    model, _ = M.load_checkpoint(tiny_checkpoint("llama")[0])
+    free = model.generate([[1, 2, 3]], 10)[0]
+    assert model.generate([[1, 2, 3]], 10, eos_id=free[3])[0] == free[:free.index(free[3])]
+    assert model.generate([[1, 2, 3]], 10, stop=lambda toks: len(toks) == 4)[0] == free[:4]
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    picks = {M.sample(logits, 1.0, 0.7, gen).item() for _ in range(200)}
+    assert picks == {0, 1}  # 0.5 + 0.3 reaches 0.7; 2 and 3 are outside the nucleus
+
+
+@pytest.mark.parametrize("case", ["gpt2", "llama-gqa-untied", "llama-tied-llama3-rope", "qwen2-bias"])
+def test_export_round_trip_through_transformers(tiny_checkpoint, tmp_path, case):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    kind, overrides = CASES[case]
+    ours, tok = M.load_checkpoint(tiny_checkpoint(kind, **overrides)[0])
+    with torch.no_grad():  # as after fine-tuning: weights differ from the source checkpoint
+        for p in ours.parameters():
+            p.add_(0.01)
+    M.export_hf(ours, tok, tmp_path / "export")
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    idx = torch.randint(0, tok.n_vocab, (2, 50))
+    assert max_logit_diff(ours, ref, idx) <= 1e-4
+    text = "Hello world, 1234 tokens!"
+    assert AutoTokenizer.from_pretrained(tmp_path / "export")(text)["input_ids"] == tok.encode(text)
+    again, _ = M.load_checkpoint(str(tmp_path / "export"))
+    with torch.no_grad():
+        assert torch.equal(again(idx), ours(idx))
+
+
+# -----------------------------------------------------------------------------
+# Bad input: each error says what is wrong
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        M.load_checkpoint(str(tmp_path / "nope"))
+
+
+def test_folder_without_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        M.load_checkpoint(str(tmp_path))
+
+
+def test_unsupported_model_type(tiny_checkpoint):
+    folder, _ = tiny_checkpoint("llama")
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["model_type"] = "mamba"
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    with pytest.raises(ValueError, match="unsupported model_type 'mamba'"):
+        M.load_checkpoint(folder)
+
+
+def test_sentencepiece_tokenizer_is_refused(tiny_checkpoint):
+    folder, _ = tiny_checkpoint("llama")
+    for f in ("vocab.bpe", "encoder.json"):
+        os.remove(os.path.join(folder, f))
+    with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
+        f.write(b"\n\x0e\n\x05<unk>\x15\x00\x00\x00\x00\x18\x02")  # a SentencePiece protobuf, as in Llama 2
+    with pytest.raises(ValueError, match="(?i)sentencepiece"):
+        M.load_checkpoint(folder)
+
+
+def test_corrupt_safetensors_header(tiny_checkpoint):
+    folder, _ = tiny_checkpoint("llama")
+    path = os.path.join(folder, "model.safetensors")
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(b"{not json at all")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        M.load_checkpoint(folder)
+
+
+def test_tokenizer_model_vocabulary_mismatch(tiny_checkpoint):
+    folder, _ = tiny_checkpoint("llama", vocab_size=1000)
+    with pytest.raises(ValueError, match="tokenizer has 50257 tokens but the model's vocabulary is 1000"):
+        M.load_checkpoint(folder)
+
+
+def test_missing_and_misshapen_tensors(tiny_checkpoint):
+    folder, _ = tiny_checkpoint("llama")
+    tensors = M.read_hf_tensors(folder)
+    with open(os.path.join(folder, "config.json")) as f:
+        model = M.Transformer(M.config_from_hf(json.load(f)))
+    with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
+        M.load_hf_state_dict(model, {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"})
+    with pytest.raises(KeyError, match="extra.weight"):
+        M.load_hf_state_dict(model, {**tensors, "extra.weight": torch.zeros(2)})
+    bad = {**tensors, "model.norm.weight": torch.zeros(7)}
+    with pytest.raises(ValueError, match=r"model.norm.weight: checkpoint \(7,\), model norm.weight \(32,\)"):
+        M.load_hf_state_dict(model, bad)
+
+
+def test_hub_name_without_network_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="could not fetch 'no-such-org/no-such-model'"):
+        M.load_checkpoint("no-such-org/no-such-model")
