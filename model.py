@@ -469,11 +469,11 @@ def export_hf(model, tokenizer, folder):
     """Write config.json + model.safetensors + tokenizer files that transformers loads with identical logits."""
     from safetensors.torch import save_file
     cfg, params = model.config, dict(model.named_parameters())
-    sizes = {"q": cfg.n_head * cfg.head_dim, "k": cfg.n_kv_head * cfg.head_dim, "v": cfg.n_kv_head * cfg.head_dim}
+    qkv = [cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim]
     tensors = {}
     for ours, theirs, transpose in hf_layout(cfg):
         t = params[ours].detach().float().cpu()
-        split = [sizes[n.split(".")[-2][0]] for n in theirs] if "qkv" in ours else [t.shape[0] // len(theirs)] * len(theirs)
+        split = qkv if len(theirs) == 3 else [t.shape[0] // len(theirs)] * len(theirs)
         for name, part in zip(theirs, t.split(split)):
             tensors[name] = (part.t() if transpose else part).contiguous()
     os.makedirs(folder, exist_ok=True)
