@@ -177,17 +177,24 @@ def heldout_text(source):
         return f.read()
 
 
+def windows(n, window, stride):
+    """(begin, end, k) spans of n tokens: the window's inputs are ids[begin:end-1], and it scores only its last k
+    targets, those the previous window did not. So targets 1..n-1 are each scored once, with at least
+    window - stride + 1 tokens of context (or all before them)."""
+    spans, begin, scored = [], 0, 0  # scored: index of the last target already scored
+    while scored < n - 1:
+        end = min(begin + window + 1, n)
+        spans.append((begin, end, end - 1 - scored))
+        scored, begin = end - 1, begin + stride
+    return spans
+
+
 def perplexity(model, tok, text, args):
-    """Sliding window: each window of `window` inputs scores only the targets the previous one did not, so every
-    token is scored once with at least window - stride tokens of context. bpb = nats / (ln 2 * scored bytes)."""
+    """Token perplexity and bits per byte (nats / (ln 2 * bytes of the scored text)) over sliding windows."""
     ids = tok.encode(text, bos=tok.add_bos)[:args.ppl_tokens + 1 if args.ppl_tokens else None]
     window = min(args.ppl_window, model.config.block_size)
     stride = min(args.ppl_stride or window // 2, window)
-    jobs, begin, scored = [], 0, 0  # scored: index of the last target already scored
-    while scored < len(ids) - 1:
-        end = min(begin + window + 1, len(ids))
-        jobs.append((ids[begin:end], end - 1 - scored))
-        scored, begin = end - 1, begin + stride
+    jobs = [(ids[b:e], k) for b, e, k in windows(len(ids), window, stride)]
     nats, count, t0 = 0.0, 0, time.time()
     for b in range(0, len(jobs), args.batch_size):
         s, n = tail_nll(model, jobs[b:b + args.batch_size])
@@ -397,9 +404,11 @@ def compare(paths, plot):
     runs = []
     for path in paths:
         file = path if path.endswith(".json") else os.path.join(path, "eval.json")
-        if os.path.isfile(file):
-            with open(file) as f:
-                runs.append((os.path.basename(os.path.dirname(os.path.abspath(file))), json.load(f)))
+        if not os.path.isfile(file):
+            print(f"skipping {path}: no eval.json", file=sys.stderr)
+            continue
+        with open(file) as f:
+            runs.append((os.path.basename(os.path.dirname(os.path.abspath(file))), json.load(f)))
     if not runs:
         raise SystemExit(f"no eval.json in {' '.join(paths)}: run python eval.py --model=<run dir> first")
 
