@@ -98,8 +98,9 @@ class Tokenizer:
         h = hashlib.sha256()
         for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
             h.update(len(token).to_bytes(2, "little") + token + rank.to_bytes(4, "little"))
-        h.update(json.dumps([sorted(self.special_tokens.items()), pattern, normalizer, unk_id, bos_id, eos_id,
-                             self.add_bos]).encode())
+        # bos_id counts only when it is added: it changes no token otherwise
+        h.update(json.dumps([sorted(self.special_tokens.items()), pattern, normalizer, unk_id, eos_id,
+                             bos_id if self.add_bos else None]).encode())
         self.fingerprint = h.hexdigest()[:16]
 
     def encode(self, text, bos=False, allow_special=False):

@@ -88,6 +88,18 @@ def load_records(dataset):
     return (*load_hub(dataset), f"hub:{dataset}")
 
 
+def stamp(dataset):
+    """Size and mtime of a local dataset's files, so that a prepared folder is not reused after they change."""
+    path = os.path.normpath(GSM8K_LOCAL) if dataset == "gsm8k" else dataset
+    if os.path.isfile(path):
+        files = [path]
+    elif os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(EXTENSIONS))
+    else:
+        return None
+    return [[os.path.basename(f), os.path.getsize(f), os.path.getmtime(f)] for f in files]
+
+
 def load_hub(name, config=None):
     import datasets
     try:
@@ -188,7 +200,7 @@ def prepare(dataset, tokenizer, out_dir=None, block_size=1024, prompt_field=None
         prompt_field, response_field = "question", "answer"
     name = os.path.splitext(os.path.basename(os.path.normpath(dataset)))[0].replace(" ", "_") or "dataset"
     out_dir = out_dir or os.path.join(ROOT, "data", name, tokenizer.fingerprint)
-    settings = dict(tokenizer=tokenizer.fingerprint, dataset=dataset, block_size=block_size,
+    settings = dict(tokenizer=tokenizer.fingerprint, dataset=dataset, files=stamp(dataset), block_size=block_size,
                     prompt_field=prompt_field, response_field=response_field, messages_field=messages_field,
                     prompt_template=prompt_template, response_template=response_template)
     meta_path = os.path.join(out_dir, "meta.json")

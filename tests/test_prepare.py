@@ -90,6 +90,9 @@ def test_gsm8k_default_format_and_reuse(gpt2, tmp_path, monkeypatch, capsys):
     before = os.path.getmtime(os.path.join(out, "train.ids.bin"))
     assert prepare("gsm8k", gpt2, str(tmp_path / "out")) == out
     assert "reusing" in capsys.readouterr().out and os.path.getmtime(os.path.join(out, "train.ids.bin")) == before
+    write_jsonl(tmp_path / "gsm" / "test.jsonl", GSM[1:2])  # changed data is prepared again
+    ids, _, _ = read_split(prepare("gsm8k", gpt2, str(tmp_path / "out")), "val")
+    assert "reusing" not in capsys.readouterr().out and gpt2.decode(ids.tolist()).startswith("Question: A café")
 
 
 def test_truncation_clips_and_counts(gpt2, tmp_path, capsys):

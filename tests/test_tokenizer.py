@@ -192,6 +192,13 @@ def test_fingerprint_distinguishes(gpt2, smollm2):
     assert len({gpt2.fingerprint, smollm2.fingerprint, other.fingerprint}) == 3
     same = tk.Tokenizer(dict(gpt2.ranks), gpt2.pattern, dict(gpt2.special_tokens), eos_id=50256)
     assert same.fingerprint == gpt2.fingerprint and len(gpt2.fingerprint) == 16
+    # a BOS id that is never added changes no token; one that is added does, and so do EOS and the specials
+    assert tk.Tokenizer(gpt2.ranks, gpt2.pattern, gpt2.special_tokens, bos_id=50256, eos_id=50256).fingerprint \
+        == gpt2.fingerprint
+    changed = [tk.Tokenizer(gpt2.ranks, gpt2.pattern, gpt2.special_tokens, bos_id=50256, eos_id=50256, add_bos=True),
+               tk.Tokenizer(gpt2.ranks, gpt2.pattern, gpt2.special_tokens, eos_id=0),
+               tk.Tokenizer(gpt2.ranks, gpt2.pattern, {"<|endoftext|>": 50256, "<x>": 50257}, eos_id=50256)]
+    assert gpt2.fingerprint not in {t.fingerprint for t in changed}
 
 
 def test_missing_files(tmp_path):
