@@ -72,7 +72,7 @@ def smollm2(smollm2_reader):
     return tk.tokenizer_from_gguf(smollm2_reader)
 
 
-def test_gpt2_parity(gpt2, gpt2_dir):
+def test_gpt2_parity(gpt2, gpt2_dir, tmp_path):
     vocab, merges = tokenizers.models.BPE.read_file(os.path.join(gpt2_dir, "encoder.json"),
                                                     os.path.join(gpt2_dir, "vocab.bpe"))
     ref = transformers.GPT2TokenizerFast(vocab=vocab, merges=merges)
@@ -85,9 +85,12 @@ def test_gpt2_parity(gpt2, gpt2_dir):
     assert gpt2.decode(gpt2.encode(s)) == s
     with pytest.raises(ValueError, match="no BOS"):
         gpt2.encode("x", bos=True)
+    # the same tokenizer as a HF tokenizer.json (ByteLevel pre-tokenizer with GPT-2's regex) reads back identically
+    ref.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    assert tk.load_tokenizer(tmp_path).fingerprint == gpt2.fingerprint
 
 
-def test_smollm2_gguf_parity(smollm2, smollm2_gguf):
+def test_smollm2_gguf_parity(smollm2, smollm2_gguf, tmp_path):
     folder, name = os.path.split(smollm2_gguf)
     ref = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     stock = lambda s: ref.encode(s, add_special_tokens=False)
@@ -100,6 +103,12 @@ def test_smollm2_gguf_parity(smollm2, smollm2_gguf):
     ref.backend_tokenizer.pre_tokenizer = pre.Sequence([pre.Digits(individual_digits=True),
                                                         pre.ByteLevel(add_prefix_space=False, use_regex=True)])
     assert_parity(smollm2, stock)
+    # SmolLM2's tokenizer.json shape (Digits + ByteLevel pre-tokenizer) is read as the same tokenizer
+    ref.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    from_json = tk.load_tokenizer(tmp_path)
+    assert from_json.pattern == tk.SMOLLM_PATTERN and from_json.ranks == smollm2.ranks
+    assert from_json.special_tokens == smollm2.special_tokens
+    assert_parity(from_json, stock)
     assert smollm2.encode("x  1")[-2:] == [stock("  ")[0], stock("1")[0]]  # the space run before a digit stays whole
     assert (smollm2.n_vocab, smollm2.bos_id, smollm2.eos_id, smollm2.add_bos) == (49152, 1, 2, False)
     chat = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>"
