@@ -8,8 +8,16 @@ Evaluate a checkpoint on what it learned and what it forgot, in the forms users 
 - ppl        held-out token perplexity and bits per byte with a sliding window; with --base also for the base model.
 --limit=N keeps the first N GSM8K test questions / HumanEval problems (the full sets are 1,319 / 164).
 
-python eval.py --model=out/sft --base=smollm2-gguf --limit=100 --out=out/sft
-python eval.py --compare out/*
+python eval.py --model=out/sft --base=smollm2-gguf --limit=100      # writes out/sft/eval.json
+python eval.py --compare out/*                                       # markdown table + learn_vs_forget.png
+
+eval.json (accuracies in [0, 1]; null where the run folder has no train.py config.json):
+  model, base, rule, signal, steps, hyper, init_from, limit, dtype, device, time_s,
+  gsm8k      {shots, n, max_new_tokens, strict_match, flexible_extract}
+  gsm8k_nll  {n, tokens, nll}                                  nats per answer token
+  humaneval  {n, samples, temperature, max_new_tokens, pass@1 [, pass@10, pass@100 when samples >= k]}
+  ppl        {source, tokens, bytes, window, stride, ppl, bpb [, base {...}, ratio, delta, delta_bpb with --base]}
+eval_samples.jsonl beside it: every GSM8K / HumanEval completion with its score.
 """
 import argparse
 import json
@@ -20,6 +28,7 @@ import re
 import resource
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -31,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data")
+DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data"))
 TASKS = ("gsm8k", "gsm8k_nll", "humaneval", "ppl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,6 +91,15 @@ def tail_nll(model, seqs):
     hidden = model(x.to(dev), return_hidden=True)[keep.to(dev)]
     logits = model.lm_head(hidden).float()
     return F.cross_entropy(logits, y[keep].to(dev), reduction="sum").item(), int(keep.sum())
+
+
+def batched_nll(model, seqs, batch_size, what):
+    nats, count, t0 = 0.0, 0, time.time()
+    for b in range(0, len(seqs), batch_size):
+        s, n = tail_nll(model, seqs[b:b + batch_size])
+        nats, count = nats + s, count + n
+        progress(what, min(b + batch_size, len(seqs)), len(seqs), t0)
+    return nats, count
 
 
 # -----------------------------------------------------------------------------
@@ -156,11 +174,7 @@ def eval_gsm8k_nll(model, tok, args):
     for d in test:
         answer = tok.encode(" " + d["answer"]) + [tok.eos_id]
         seqs.append(((tok.encode(gsm8k_prompt(d["question"]), bos=tok.add_bos) + answer)[-(block + 1):], len(answer)))
-    nats, count, t0 = 0.0, 0, time.time()
-    for b in range(0, len(seqs), args.batch_size):
-        s, n = tail_nll(model, seqs[b:b + args.batch_size])
-        nats, count = nats + s, count + n
-        progress("gsm8k_nll", min(b + args.batch_size, len(seqs)), len(seqs), t0)
+    nats, count = batched_nll(model, seqs, args.batch_size, "gsm8k_nll")
     return {"n": len(test), "tokens": count, "nll": nats / count}
 
 
@@ -195,11 +209,7 @@ def perplexity(model, tok, text, args):
     window = min(args.ppl_window, model.config.block_size)
     stride = min(args.ppl_stride or window // 2, window)
     jobs = [(ids[b:e], k) for b, e, k in windows(len(ids), window, stride)]
-    nats, count, t0 = 0.0, 0, time.time()
-    for b in range(0, len(jobs), args.batch_size):
-        s, n = tail_nll(model, jobs[b:b + args.batch_size])
-        nats, count = nats + s, count + n
-        progress("ppl", min(b + args.batch_size, len(jobs)), len(jobs), t0)
+    nats, count = batched_nll(model, jobs, args.batch_size, "ppl")
     n_bytes = len(tok.decode(ids[1:]).encode("utf-8"))
     return {"tokens": count, "bytes": n_bytes, "window": window, "stride": stride,
             "ppl": math.exp(nats / count), "bpb": nats / (math.log(2) * n_bytes)}
@@ -295,7 +305,7 @@ def run_program(program, timeout=3.0, memory_mb=1024, python=None):
             except subprocess.TimeoutExpired:
                 code, timed_out = None, True
             try:
-                os.killpg(proc.pid, 9)  # the child's session is its process group
+                os.killpg(proc.pid, signal.SIGKILL)  # the child's session is its process group
             except OSError:
                 pass
             if uid is not None:  # and whatever left the group: every process of the throwaway uid
@@ -311,6 +321,10 @@ def run_program(program, timeout=3.0, memory_mb=1024, python=None):
         return "passed"
     if timed_out:
         return "timed out"
+    if code == 0:
+        return "failed: exited with code 0 before check() returned"
+    if code < 0:
+        return f"failed: killed by {signal.Signals(-code).name}"
     lines = [l for l in text.decode("utf-8", "replace").splitlines() if l.strip()]
     return "failed: " + (lines[-1][:200] if lines else f"exit code {code}")
 
@@ -350,14 +364,12 @@ def eval_humaneval(model, tok, args, samples):
 # Run folders, the command line and the comparison table
 
 def run_meta(path):
-    """rule / signal / steps of a tokenwise run folder (its ckpt.pt's training config), else None."""
-    meta = {"rule": None, "signal": None, "steps": None}
-    ckpt = os.path.join(path, "ckpt.pt")
-    if os.path.isfile(ckpt):
-        c = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
-        cfg = c.get("config") or {}
-        meta.update(rule=cfg.get("rule"), signal=cfg.get("signal"), steps=c.get("iter_num", c.get("step")))
-    return meta
+    """rule / signal / steps of a tokenwise run folder, from the config.json train.py writes (None otherwise)."""
+    info, file = {}, os.path.join(path, "config.json")
+    if os.path.isfile(file):
+        with open(file) as f:
+            info = json.load(f)
+    return {k: info.get(k) for k in ("rule", "signal", "steps", "hyper", "init_from")}
 
 
 def evaluate(args):

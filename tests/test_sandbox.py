@@ -45,11 +45,15 @@ HOSTILE = {
 }
 
 
-def test_hostile_completions_fail_and_the_evaluator_goes_on():
+def test_hostile_completions_fail_and_the_evaluator_goes_on(monkeypatch):
+    secret = secrets.token_hex(8)
+    monkeypatch.setenv("TOKENWISE_SECRET", secret)
+    hostile = {**HOSTILE, "reads our environment": f"    import os\n    assert os.environ.get('TOKENWISE_SECRET') == {secret!r}\n"
+                                                    f"    return a + b\n"}
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "tokenwise-he-*")))
-    results = run([GOOD, *HOSTILE.values(), GOOD])
+    results = run([GOOD, *hostile.values(), GOOD])
     assert results[0] == results[-1] == "passed"
-    failed = dict(zip(HOSTILE, results[1:-1]))
+    failed = dict(zip(hostile, results[1:-1]))
     assert all(r != "passed" for r in failed.values()), failed
     assert failed["infinite loop"] == "timed out"
     assert "MemoryError" in failed["huge allocation"]
@@ -67,7 +71,7 @@ def test_files_environment_and_parent_are_out_of_reach(tmp_path, monkeypatch):
         f"    open({str(canary)!r}, 'w').write('pwned')\n    return a + b\n",
         f"    open({str(tmp_path / 'new.txt')!r}, 'w').write('pwned')\n    return a + b\n",
         f"    import shutil\n    shutil.rmtree({str(tmp_path)!r})\n    return a + b\n",
-        # passes only if it can see the secret, in its environment or in the parent's
+        # passes only if it can see the secret, in its environment or in the parent's /proc entry
         f"    import os\n    seen = os.environ.get('TOKENWISE_SECRET', '')\n    try:\n"
         f"        seen += open(f'/proc/{{os.getppid()}}/environ').read()\n    except OSError:\n        pass\n"
         f"    assert {secret!r} in seen\n    return a + b\n",
