@@ -61,9 +61,11 @@ def token_weights(rule, p, u=None, **hyper):
         return p
     if rule == 'infosft':
         # the official code's normalized form of the paper's p * [C - logit(p)]_+: w(0.5) = 0.5, w = 0 for p >= P.
-        # clamp_min keeps logit finite at p = 0 (w = 0 * finite = 0, not 0 * inf); logit(1) = inf gives relu(-inf) = 0.
+        # clamp_min keeps the logit finite at p = 0 (w = 0 * finite = 0, not 0 * inf); at p = 1 it is inf and relu
+        # gives 0. log(q / (1 - q)) rather than torch.logit, which is slow on small CPU tensors.
         C = math.log(h['infosft_P'] / (1 - h['infosft_P']))
-        return p * torch.relu(1 - torch.logit(p.clamp_min(torch.finfo(p.dtype).tiny)) / C)
+        q = p.clamp_min(torch.finfo(p.dtype).tiny)
+        return p * torch.relu(1 - torch.log(q / (1 - q)) / C)
     if rule == 'profit':
         tau, direction = h['profit_tau'], h['profit_direction']
         if direction == 'higher':
@@ -131,23 +133,28 @@ class _FusedWeightedCE(torch.autograd.Function):
         hd, Wd = h.to(dt), W.to(dt)
         need_h, need_W = grad and ctx.needs_input_grad[0], grad and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hd) if need_h else None
-        grad_W = torch.zeros(W.shape, dtype=torch.float32, device=W.device) if need_W else None
+        grad_W = None
         ce, w = (torch.empty(len(y), dtype=torch.float32, device=h.device) for _ in range(2))
         for i in range(0, len(y), chunk_size):
             s = slice(i, i + chunk_size)
             logits = (hd[s] @ Wd.T).float()
-            lse = logits.logsumexp(1)
-            ce[s] = lse - logits.gather(1, y[s, None])[:, 0]
+            target = logits.gather(1, y[s, None])
+            top = logits.amax(1, keepdim=True)
+            e = logits.sub_(top).exp_()  # unnormalised softmax, in place of the logits
+            total = e.sum(1, keepdim=True)
+            ce[s] = (top + total.log() - target)[:, 0]
             p = torch.exp(-ce[s]) if p_sig is None else p_sig[s]  # online p: detached, from this very forward
             w[s] = token_weights(rule, p, None if u_sig is None else u_sig[s], **hyper)
             if need_h or need_W:
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                g[torch.arange(len(g), device=g.device), y[s]] -= 1
-                g = g.mul_((w[s] / n)[:, None]).to(dt)
+                scale = w[s, None] / n
+                g = e.mul_(scale / total).scatter_add_(1, y[s, None], -scale).to(dt)  # w * (softmax - onehot) / n
                 if need_h:
                     grad_h[s] = g @ Wd
                 if need_W:
-                    grad_W += g.T @ hd[s]
+                    gW = (g.T @ hd[s]).float()  # accumulated over chunks in float32
+                    grad_W = gW if grad_W is None else grad_W.add_(gW)
+        if need_W and grad_W is None:  # no supervised token
+            grad_W = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
         ctx.save_for_backward(grad_h, grad_W)
         ctx.dtypes = h.dtype, W.dtype
         kept = (w > 0).sum()
@@ -157,8 +164,9 @@ class _FusedWeightedCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         grad_h, grad_W = ctx.saved_tensors
-        grad_h = None if grad_h is None else (grad_h * grad_loss).to(ctx.dtypes[0])
-        grad_W = None if grad_W is None else (grad_W * grad_loss).to(ctx.dtypes[1])
+        # in place: these buffers serve this one backward (a second one fails loudly on their version counter)
+        grad_h = None if grad_h is None else grad_h.mul_(grad_loss).to(ctx.dtypes[0])
+        grad_W = None if grad_W is None else grad_W.mul_(grad_loss).to(ctx.dtypes[1])
         return grad_h, grad_W, *[None] * 9
 
 
@@ -182,18 +190,19 @@ def weighted_loss(hidden, lm_head_weight, targets, mask, n_tokens, rule='sft', s
         if t is not None and t.shape != targets.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the targets' {tuple(targets.shape)}")
     idx = mask.reshape(-1).nonzero()[:, 0]  # supervised positions only: padding and prompts cost nothing
+    sel = slice(None) if len(idx) == mask.numel() else idx  # all supervised: a view, no gather and scatter
     if n_tokens < len(idx):
         raise ValueError(f"n_tokens={n_tokens} is below this call's {len(idx)} supervised tokens: "
                          "pass the supervised tokens of the whole optimizer step")
-    y = targets.reshape(-1)[idx]
+    y = targets.reshape(-1)[sel]
     if len(y) and (y.min() < 0 or y.max() >= V):
         raise ValueError(f"supervised targets must lie in [0, {V}), got [{y.min().item()}, {y.max().item()}]")
-    p_sig = p_prior.reshape(-1)[idx].float() if use_p else None
-    u_sig = u_prior.reshape(-1)[idx].float() if use_u else None
+    p_sig = p_prior.reshape(-1)[sel].float() if use_p else None
+    u_sig = u_prior.reshape(-1)[sel].float() if use_u else None
     n = max(float(n_tokens), 1.0)  # no supervised token anywhere: the loss is 0/1 = 0, never 0/0
     dt = _compute_dtype(hidden)
     with torch.autocast(hidden.device.type, enabled=False):
-        loss, ce, w, kept = _FusedWeightedCE.apply(hidden.reshape(-1, C)[idx], lm_head_weight, y, p_sig, u_sig,
+        loss, ce, w, kept = _FusedWeightedCE.apply(hidden.reshape(-1, C)[sel], lm_head_weight, y, p_sig, u_sig,
                                                    n, dt, chunk_size, torch.is_grad_enabled(), rule, hyper)
-    stats = dict(ce_sum=ce.sum(), weight_sum=w.sum(), kept=kept, tokens=torch.tensor(len(y)))
+    stats = dict(ce_sum=ce.sum(), weight_sum=w.sum(), kept=kept, tokens=torch.tensor(len(y), device=hidden.device))
     return loss, stats

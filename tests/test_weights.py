@@ -206,8 +206,8 @@ def test_bf16(rule, hyper, signal):
         ref_h, ref_W = torch.autograd.grad(ref, (hb, W))
         assert torch.allclose(loss, ref, rtol=1e-5)
         scale_h, scale_W = ref_h.abs().max().float(), ref_W.abs().max()
-        assert ((gh.float() - ref_h.float()).abs().max() / scale_h) < 2e-2
-        assert ((gW - ref_W.float()).abs().max() / scale_W) < 2e-2
+        assert ((gh.float() - ref_h.float()).abs().max() / scale_h) < 1e-3
+        assert ((gW - ref_W.float()).abs().max() / scale_W) < 1e-2  # the reference rounds grad_W to bf16 once
 
 
 @pytest.mark.parametrize('rule,hyper,signal', CONFIGS)
@@ -251,6 +251,17 @@ def test_micro_batches_sum_to_one_batch(rule):
     ph, pW = torch.autograd.grad(parts[0] + parts[1], (h, W))
     assert torch.allclose(parts[0] + parts[1], whole, rtol=1e-6)
     assert torch.allclose(ph, gh, atol=1e-8) and torch.allclose(pW, gW, rtol=1e-5, atol=1e-8)
+
+
+def test_upstream_gradient_scales():
+    """The loss inside a larger expression: backward multiplies by the incoming gradient."""
+    h, W, y, m, _ = batch()
+    h.requires_grad_(), W.requires_grad_()
+    n = int(m.sum())
+    gh, gW = torch.autograd.grad(weighted_loss(h, W, y, m, n, 'infosft')[0], (h, W))
+    loss, _ = weighted_loss(h, W, y, m, n, 'infosft')
+    sh, sW = torch.autograd.grad(3 * loss + h.sum(), (h, W))
+    assert torch.allclose(sh, 3 * gh + 1, rtol=1e-6) and torch.allclose(sW, 3 * gW, rtol=1e-6)
 
 
 def test_stats():

@@ -1,0 +1,153 @@
+"""
+Benchmarks for tokenwise; each section prints its own numbers.
+
+    python bench.py                          # every section
+    python bench.py --only rules --dtype bf16 --device cuda
+
+rules: forward + backward of weighted_loss for each rule on a synthetic batch (SmolLM2 sizes by default),
+against plain cross-entropy computed the same chunked way (rule 'sft') and against the naive unchunked
+F.cross_entropy(h @ W.T), and the time of token_weights alone (the only work a rule adds, immune to the
+noise of a shared machine). Time is the median over interleaved rounds. Memory is the largest peak, over the
+timed rounds, of one forward + backward above the memory in use before it: on CUDA torch.cuda.max_memory_allocated;
+on CPU the peak resident set size (VmHWM, reset through /proc/self/clear_refs), which counts every page touched
+by any allocator (bench sets glibc's mmap threshold to 1 MB so that freed blocks leave the RSS).
+"""
+import argparse
+import ctypes
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from weights import RULES, token_weights, weighted_loss
+
+DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16)
+
+
+def sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def rule_inputs(args, dtype):
+    """A synthetic batch: hidden states (in bf16 when autocast would produce them), an fp32 lm_head, targets,
+    a loss mask holding --supervised of the positions, and a prior cache."""
+    g = torch.Generator().manual_seed(0)
+    B, T, C, V = args.batch, args.seq, args.n_embd, args.vocab
+    h = torch.randn(B, T, C, generator=g).to(args.device, dtype).requires_grad_()
+    W = (0.02 * torch.randn(V, C, generator=g)).to(args.device).requires_grad_()
+    y = torch.randint(V, (B, T), generator=g).to(args.device)
+    mask = (torch.rand(B, T, generator=g) < args.supervised).to(args.device)
+    prior = dict(p_prior=torch.rand(B, T, generator=g).to(args.device),
+                 u_prior=torch.rand(B, T, generator=g).to(args.device))
+    return h, W, y, mask, prior
+
+
+def rule_step(args, dtype, name, inputs):
+    """One forward + backward of variant `name`: a rule of weighted_loss, or 'naive'."""
+    h, W, y, mask, prior = inputs
+    with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
+        if name == 'naive':
+            logits = F.linear(h, W).float()
+            loss = F.cross_entropy(logits.flatten(0, 1), y.masked_fill(~mask, -100).flatten(), reduction='sum')
+            loss = loss / mask.sum()
+        else:
+            signal = 'prior' if name == 'prift' else 'online'
+            loss, _ = weighted_loss(h, W, y, mask, int(mask.sum()), name, signal, chunk_size=args.chunk, **prior)
+    loss.backward()
+    h.grad = W.grad = None
+
+
+def proc_status_kb(key):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ':'))
+
+
+def peak_start(device):
+    """Start a peak-memory measure and return the memory in use now, in MB."""
+    sync(device)
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # Linux: reset the peak resident set size (VmHWM) to the current one
+    return proc_status_kb('VmRSS') / 2**10
+
+
+def peak_end(device):
+    """The peak memory in MB since peak_start."""
+    sync(device)
+    return torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda' else proc_status_kb('VmHWM') / 2**10
+
+
+def weights_time(device, rule, p, u, reps=20):
+    """Seconds of token_weights alone on the batch's tokens, the only work a rule adds to plain CE; the fastest
+    of reps, since on a shared machine the others measure the scheduler."""
+    ts = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        token_weights(rule, p, u)
+        sync(device)
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def bench_rules(args):
+    names = list(RULES) + ['naive']
+    B, T = args.batch, args.seq
+    print(f"== rules: weighted_loss forward+backward, {B}x{T} tokens ({args.supervised:.0%} supervised), "
+          f"C={args.n_embd}, V={args.vocab}, chunk={args.chunk}, {args.device}, {torch.get_num_threads()} threads")
+    for dname in args.dtype:
+        dtype = DTYPES[dname]
+        inputs = rule_inputs(args, dtype)
+        times, mem = {name: [] for name in names}, {name: [] for name in names}
+        for r in range(args.warmup + args.iters):  # interleaved rounds: load drift hits every variant alike
+            for name in names:
+                base = peak_start(args.device)
+                t0 = time.perf_counter()
+                rule_step(args, dtype, name, inputs)
+                sync(args.device)
+                if r >= args.warmup:
+                    times[name].append(time.perf_counter() - t0)
+                    mem[name].append(peak_end(args.device) - base)
+        del inputs
+        mem = {name: max(m) for name, m in mem.items()}
+        p, u = torch.rand(2, B * T, device=args.device)
+        weights_s = {name: weights_time(args.device, name, p, u) if name in RULES else 0.0 for name in names}
+        med = {name: statistics.median(t) for name, t in times.items()}
+        print(f"-- {dname}{' (autocast, fp32 lm_head)' if dtype != torch.float32 else ''}")
+        print(f"{'variant':<8} {'time ms':>9} {'/ sft':>7} {'/ naive':>8} {'peak MB':>9} {'/ naive':>8} {'weights ms':>11}")
+        for name in names:
+            print(f"{name:<8} {1e3 * med[name]:9.1f} {med[name] / med['sft']:7.3f} {med[name] / med['naive']:8.3f} "
+                  f"{mem[name]:9.0f} {mem[name] / max(mem['naive'], 1):8.3f} {1e3 * weights_s[name]:11.3f}")
+
+
+SECTIONS = dict(rules=bench_rules)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--only', nargs='+', choices=list(SECTIONS), default=list(SECTIONS), help='sections to run')
+    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    ap.add_argument('--dtype', nargs='+', choices=list(DTYPES), default=list(DTYPES))
+    ap.add_argument('--iters', type=int, default=3, help='timed rounds')
+    ap.add_argument('--warmup', type=int, default=1, help='untimed rounds first')
+    ap.add_argument('--batch', type=int, default=8)
+    ap.add_argument('--seq', type=int, default=512)
+    ap.add_argument('--n_embd', type=int, default=576)
+    ap.add_argument('--vocab', type=int, default=49152)
+    ap.add_argument('--chunk', type=int, default=2048, help='positions per chunk of weighted_loss')
+    ap.add_argument('--supervised', type=float, default=1.0, help='fraction of supervised positions')
+    args = ap.parse_args()
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is visible to torch")
+    if args.device == 'cpu':  # glibc: serve blocks >= 1 MB with mmap, so freed tensors leave the RSS we measure
+        ctypes.CDLL('libc.so.6').mallopt(-3, 2**20)  # -3 = M_MMAP_THRESHOLD
+    for name in args.only:
+        SECTIONS[name](args)
+
+
+if __name__ == '__main__':
+    main()
