@@ -70,8 +70,8 @@ epochs = 1.0
 seed = 1337
 # system
 device = ''  # '' = cuda if available, else cpu
-dtype = 'bfloat16'  # autocast compute dtype: bfloat16 | float32; weights and optimizer state stay float32
-compile = True  # torch.compile on CUDA; the CPU stays eager (measured faster for runs this size, see README)
+dtype = 'bfloat16'  # autocast compute dtype: bfloat16 | float32 (weights, optimizer: float32). CPU: bf16 ~1.25x faster
+compile = True  # torch.compile on CUDA. The CPU stays eager: compiling SmolLM2-135M took ~170 s for no steady-state gain
 peak_flops = 0.0  # for MFU; 0 = a default for the device
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (bool, int, float, str)}
 HYPER = ('infosft_P', 'profit_tau', 'profit_tau_high', 'profit_direction', 'prift_mode', 'prift_tau')
@@ -280,7 +280,10 @@ def main(argv):
                              f"resume with the same config (or start a new out_dir)")
 
     # model: always the initial weights first (the prior signals come from them), then the checkpoint's
-    raw_model, tokenizer = load_checkpoint(c.init_from, device=dev, dtype=torch.float32)
+    try:
+        raw_model, tokenizer = load_checkpoint(c.init_from, device=dev, dtype=torch.float32)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"init_from={c.init_from!r}: {e}")
     block_size = min(c.block_size, raw_model.config.block_size)
 
     # data: prepared by data/prepare.py for this tokenizer
@@ -353,8 +356,10 @@ def main(argv):
     fwd = torch.compile(raw_model) if c.compile and device_type == 'cuda' else raw_model
     model = DDP(fwd, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None) if ddp else fwd
     n_params = sum(p.numel() for p in params)
-    peak = c.peak_flops or (989e12 if device_type == 'cuda' and 'H' in torch.cuda.get_device_name(dev)
-                            else 312e12 if device_type == 'cuda' else 0.6e12)
+    # MFU's peak: dense bf16 of an H100/H200 or A100; this 2-core CPU's measured matmul rate (REFERENCE.md section 4)
+    gpu = torch.cuda.get_device_name(dev) if device_type == 'cuda' else ''
+    peak = c.peak_flops or (989e12 if any(h in gpu for h in ('H100', 'H200', 'H800')) else 312e12 if gpu
+                            else 0.64e12 if c.dtype == 'bfloat16' else 0.176e12)
 
     def take_step():  # the global micro-batches of one optimizer step, advancing the data position
         batches = []

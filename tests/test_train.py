@@ -54,7 +54,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def init(tmp_path_factory, tok):
-    """A tiny random Llama (untied lm_head: DDP must reduce a weight used outside its forward) as a tokwise checkpoint."""
+    """A tiny random Llama (untied lm_head: DDP must reduce a weight used outside its forward) as a tokenwise checkpoint."""
     folder = str(tmp_path_factory.mktemp("init"))
     torch.manual_seed(0)
     cfg = Config(arch="llama", vocab_size=tok.n_vocab, n_layer=2, n_head=2, n_kv_head=1, n_embd=16,
@@ -108,6 +108,8 @@ def test_configure_is_strict(tmp_path):
                       (["--max_steps"], "write --key=value"), (["nope.py"], "config file 'nope.py' not found")]:
         with pytest.raises(SystemExit, match=msg.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
             train.configure(argv)
+    for name in os.listdir(os.path.join(ROOT, "config")):  # the shipped config files are valid
+        train.configure([os.path.join(ROOT, "config", name)])
     conf.write_text("lr = 1e-4\n")
     with pytest.raises(SystemExit, match="unknown config key 'lr'"):
         train.configure([str(conf)])
@@ -252,6 +254,8 @@ def test_two_gloo_ranks_equal_one_process(init, data, tmp_path):
 
 def test_bad_input_is_a_one_line_error(init, data, tok, tmp_path):
     out = str(tmp_path / "out")
+    with pytest.raises(SystemExit, match="init_from='/nowhere': no checkpoint at /nowhere"):
+        train.main(args("/nowhere", data, out))
     with pytest.raises(SystemExit, match="missing .*meta.json: prepare the data with data/prepare.py"):
         train.main(args(init, str(tmp_path / "nowhere"), out))
     other = write_prepared(str(tmp_path / "other"), tok, PAIRS, fingerprint="0123abcd")
