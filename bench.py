@@ -118,7 +118,8 @@ def bench_rules(args):
         weights_s = {name: weights_time(args.device, name, p, u) if name in RULES else 0.0 for name in names}
         med = {name: statistics.median(t) for name, t in times.items()}
         print(f"-- {dname}{' (autocast, fp32 lm_head)' if dtype != torch.float32 else ''}")
-        print(f"{'variant':<8} {'time ms':>9} {'/ sft':>7} {'/ naive':>8} {'peak MB':>9} {'/ naive':>8} {'weights ms':>11}")
+        head = ('variant', 'time ms', '/ sft', '/ naive', 'peak MB', '/ naive', 'weights ms')
+        print('{:<8} {:>9} {:>7} {:>8} {:>9} {:>8} {:>11}'.format(*head))
         for name in names:
             print(f"{name:<8} {1e3 * med[name]:9.1f} {med[name] / med['sft']:7.3f} {med[name] / med['naive']:8.3f} "
                   f"{mem[name]:9.0f} {mem[name] / max(mem['naive'], 1):8.3f} {1e3 * weights_s[name]:11.3f}")

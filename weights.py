@@ -51,7 +51,8 @@ def check_rule(rule, signal='online', **hyper):
 
 
 def token_weights(rule, p, u=None, **hyper):
-    """Detached float32 weights shaped like p; p (and u, for prift mass) come from the signal model."""
+    """Detached float32 weights shaped like p; p (and u, for prift mass) come from the signal model.
+    profit_direction='random' draws from torch's global generator: seed it for reproducible runs."""
     check_rule(rule, **hyper)
     h = {**DEFAULTS, **hyper}
     p = p.detach().float()
@@ -173,19 +174,21 @@ class _FusedWeightedCE(torch.autograd.Function):
 def weighted_loss(hidden, lm_head_weight, targets, mask, n_tokens, rule='sft', signal='online', p_prior=None,
                   u_prior=None, chunk_size=CHUNK, **hyper):
     """(loss, stats): loss = sum(w * CE * mask) / n_tokens, differentiable w.r.t. hidden (B, T, C) and
-    lm_head_weight (V, C); stats are detached sums over this call: ce_sum, weight_sum, kept (w > 0), tokens."""
+    lm_head_weight (V, C); stats are detached sums over this call: ce_sum, weight_sum, kept (w > 0), tokens.
+    targets, mask, p_prior, u_prior: (B, T). hyper: see DEFAULTS. chunk_size: positions per chunk (memory knob)."""
     check_rule(rule, signal, **hyper)
     h = {**DEFAULTS, **hyper}
     use_u = rule == 'prift' and h['prift_mode'] == 'mass'
     use_p = not use_u and (rule == 'prift' or (signal == 'prior' and rule != 'sft'))
     if use_p and p_prior is None:
-        raise ValueError(f"rule={rule!r} with the prior signal needs p_prior (build the prior cache with target_signals)")
+        raise ValueError(f"rule={rule!r} with the prior signal needs p_prior (build the cache with target_signals)")
     if use_u and u_prior is None:
-        raise ValueError("rule='prift' with prift_mode='mass' needs u_prior (build the prior cache with target_signals)")
+        raise ValueError("rule='prift' with prift_mode='mass' needs u_prior (build the cache with target_signals)")
     C, V = hidden.size(-1), lm_head_weight.size(0)
     if targets.shape != mask.shape or hidden.shape[:-1] != targets.shape or lm_head_weight.size(1) != C:
         raise ValueError(f"shapes do not match: hidden {tuple(hidden.shape)} must be targets/mask "
-                         f"{tuple(targets.shape)}/{tuple(mask.shape)} + (C,), lm_head_weight {tuple(lm_head_weight.shape)} (V, C)")
+                         f"{tuple(targets.shape)}/{tuple(mask.shape)} + (C,), "
+                         f"lm_head_weight {tuple(lm_head_weight.shape)} (V, C)")
     for name, t in (('p_prior', p_prior if use_p else None), ('u_prior', u_prior if use_u else None)):
         if t is not None and t.shape != targets.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the targets' {tuple(targets.shape)}")
