@@ -15,6 +15,7 @@ by any allocator (bench sets glibc's mmap threshold to 1 MB so that freed blocks
 import argparse
 import ctypes
 import statistics
+import tempfile
 import time
 
 import torch
@@ -125,7 +126,111 @@ def bench_rules(args):
                   f"{mem[name]:9.0f} {mem[name] / max(mem['naive'], 1):8.3f} {1e3 * weights_s[name]:11.3f}")
 
 
-SECTIONS = dict(rules=bench_rules)
+def load_pair(args):
+    """tokenwise's model and transformers' on the same weights: ours loaded, exported, read back by transformers."""
+    from transformers import AutoModelForCausalLM
+    from model import export_hf, load_checkpoint
+    ours, tok = load_checkpoint(args.model, args.device)
+    with tempfile.TemporaryDirectory() as d:
+        export_hf(ours, tok, d)
+        theirs = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(args.device)
+    return ours.train(), theirs.train(), tok
+
+
+def matmul_peak(device, dtype, n=2048, reps=10):
+    """The machine's measured matmul throughput in FLOP/s: the denominator of MFU."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def bench_train(args):
+    """Training steps (forward, loss, backward, AdamW) on one batch: tokenwise with each rule against
+    transformers with plain cross-entropy, the same weights and tokens."""
+    ours, theirs, _ = load_pair(args)
+    g = torch.Generator().manual_seed(0)
+    B, T, V = args.train_batch, args.train_seq, ours.config.vocab_size
+    x, y = torch.randint(V, (2, B, T), generator=g).to(args.device)
+    mask = torch.ones(B, T, dtype=torch.bool, device=args.device)
+    prior = dict(p_prior=torch.rand(B, T, generator=g).to(args.device), u_prior=torch.rand(B, T, generator=g).to(args.device))
+    n_params = sum(p.numel() for p in ours.parameters())
+    print(f"== train: {B}x{T} tokens, {args.model} ({n_params / 1e6:.0f}M params), {args.device}, "
+          f"{torch.get_num_threads()} threads; tokens/s = median over {args.iters} interleaved steps")
+    for dname in args.dtype:
+        dtype = DTYPES[dname]
+        opts = {name: torch.optim.AdamW((theirs if name == 'transformers' else ours).parameters(), lr=1e-6)
+                for name in ['transformers', *RULES]}
+
+        def step(name):
+            with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
+                if name == 'transformers':
+                    loss = F.cross_entropy(theirs(x).logits.float().flatten(0, 1), y.flatten())
+                else:
+                    h = ours(x, return_hidden=True)
+                    loss, _ = weighted_loss(h, ours.lm_head.weight, y, mask, B * T, name,
+                                            'prior' if name == 'prift' else 'online', **prior)
+            loss.backward()
+            opts[name].step()
+            opts[name].zero_grad(set_to_none=True)
+
+        times, mem = {name: [] for name in opts}, {name: [] for name in opts}
+        for r in range(args.warmup + args.iters):
+            for name in opts:
+                base = peak_start(args.device)
+                t0 = time.perf_counter()
+                step(name)
+                sync(args.device)
+                if r >= args.warmup:
+                    times[name].append(time.perf_counter() - t0)
+                    mem[name].append(peak_end(args.device) - base)
+        peak = matmul_peak(args.device, dtype)
+        tps = {name: B * T / statistics.median(t) for name, t in times.items()}
+        print(f"-- {dname}: measured matmul peak {peak / 1e9:.0f} GFLOP/s")
+        print('{:<13} {:>9} {:>15} {:>10} {:>12} {:>7}'.format('variant', 'tokens/s', '/ transformers', '/ sft',
+                                                                'step peak MB', 'MFU'))
+        for name in opts:
+            print(f"{name:<13} {tps[name]:9.0f} {tps[name] / tps['transformers']:15.2f} {tps[name] / tps['sft']:10.3f} "
+                  f"{max(mem[name]):12.0f} {6 * n_params * tps[name] / peak:7.1%}")
+        del opts
+
+
+def bench_generate(args):
+    """Greedy generation of a padded batch with a KV cache: tokenwise against transformers' generate."""
+    ours, theirs, tok = load_pair(args)
+    g = torch.Generator().manual_seed(0)
+    V, B, new = ours.config.vocab_size, args.gen_batch, args.gen_tokens
+    prompts = [torch.randint(V, (int(n),), generator=g).tolist() for n in torch.randint(16, 64, (B,), generator=g)]
+    P = max(map(len, prompts))
+    ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=args.device)
+    attn = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=args.device)
+    print(f"== generate: {B} prompts of 16-63 tokens, {new} new tokens each, greedy, {args.device}")
+    for dname in args.dtype:
+        dtype = DTYPES[dname]
+        ours.to(dtype).eval(), theirs.to(dtype).eval()
+        runs = dict(tokenwise=lambda: ours.generate(prompts, new),
+                    transformers=lambda: theirs.generate(ids, attention_mask=attn, max_new_tokens=new, min_new_tokens=new,
+                                                         do_sample=False, pad_token_id=0)[:, P:].tolist())
+        times, outs = {name: [] for name in runs}, {}
+        with torch.inference_mode():
+            for r in range(args.warmup + args.iters):
+                for name, fn in runs.items():
+                    t0 = time.perf_counter()
+                    outs[name] = fn()
+                    sync(args.device)
+                    if r >= args.warmup:
+                        times[name].append(time.perf_counter() - t0)
+        tps = {name: B * new / statistics.median(t) for name, t in times.items()}
+        same = sum(a == b for a, b in zip(outs['tokenwise'], outs['transformers']))
+        print(f"-- {dname}: tokenwise {tps['tokenwise']:.0f} tokens/s, transformers {tps['transformers']:.0f} tokens/s, "
+              f"ratio {tps['tokenwise'] / tps['transformers']:.2f}; identical rows {same}/{B}")
+
+
+SECTIONS = dict(rules=bench_rules, train=bench_train, generate=bench_generate)
 
 
 def main():
@@ -141,6 +246,11 @@ def main():
     ap.add_argument('--vocab', type=int, default=49152)
     ap.add_argument('--chunk', type=int, default=2048, help='positions per chunk of weighted_loss')
     ap.add_argument('--supervised', type=float, default=1.0, help='fraction of supervised positions')
+    ap.add_argument('--model', default='smollm2-gguf', help='train/generate: any model.load_checkpoint path')
+    ap.add_argument('--train_batch', type=int, default=4)
+    ap.add_argument('--train_seq', type=int, default=256)
+    ap.add_argument('--gen_batch', type=int, default=8)
+    ap.add_argument('--gen_tokens', type=int, default=64)
     args = ap.parse_args()
     if args.device == 'cuda' and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible to torch")

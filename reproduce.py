@@ -71,7 +71,7 @@ def main():
     p.add_argument("--gen_limit", type=int, default=20, help="GSM8K questions and HumanEval problems generated")
     p.add_argument("--ppl_tokens", type=int, default=8192)
     p.add_argument("--he_max_new", type=int, default=256)
-    p.add_argument("--eval_dtype", default="bfloat16")
+    p.add_argument("--eval_dtype", default="float32")
     p.add_argument("--out", default="out/reproduce")
     args = p.parse_args()
 
