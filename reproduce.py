@@ -63,14 +63,14 @@ def main():
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--init_from", default="smollm2-gguf")
-    p.add_argument("--train_examples", type=int, default=512, help="first N GSM8K train examples, one epoch")
+    p.add_argument("--train_examples", type=int, default=64, help="first N GSM8K train examples, one epoch")
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--batch_tokens", type=int, default=2048)
-    p.add_argument("--grad_accum", type=int, default=2)
-    p.add_argument("--eval_limit", type=int, default=200, help="GSM8K test answers scored for NLL")
-    p.add_argument("--gen_limit", type=int, default=20, help="GSM8K questions and HumanEval problems generated")
-    p.add_argument("--ppl_tokens", type=int, default=8192)
-    p.add_argument("--he_max_new", type=int, default=256)
+    p.add_argument("--grad_accum", type=int, default=1)
+    p.add_argument("--eval_limit", type=int, default=64, help="GSM8K test answers scored for NLL")
+    p.add_argument("--gen_limit", type=int, default=4, help="GSM8K questions and HumanEval problems generated")
+    p.add_argument("--ppl_tokens", type=int, default=4096)
+    p.add_argument("--he_max_new", type=int, default=128)
     p.add_argument("--eval_dtype", default="float32")
     p.add_argument("--out", default="out/reproduce")
     args = p.parse_args()
@@ -84,7 +84,7 @@ def main():
                 run([sys.executable, "train.py", *VARIANTS[name], f"--init_from={args.init_from}", f"--out_dir={out}",
                      f"--seed={seed}", f"--max_examples={args.train_examples}", "--epochs=1",
                      f"--learning_rate={args.learning_rate}", f"--batch_tokens={args.batch_tokens}",
-                     f"--grad_accum={args.grad_accum}", "--eval_interval=1000000"])
+                     f"--grad_accum={args.grad_accum}", "--eval_interval=0", "--eval_examples=32"])
             results.setdefault(name, []).append(evaluate(out, out, args))
 
     lines = ["| variant | seeds | " + " | ".join(m[0] for m in METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
