@@ -196,7 +196,6 @@ def bench_train(args):
         for name in opts:
             print(f"{name:<13} {tps[name]:9.0f} {tps[name] / tps['transformers']:15.2f} {tps[name] / tps['sft']:10.3f} "
                   f"{max(mem[name]):12.0f} {6 * n_params * tps[name] / peak:7.1%}")
-        del opts
 
 
 def bench_generate(args):

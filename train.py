@@ -187,7 +187,7 @@ def prior_cache(model, data, folder, tok_fingerprint, batch_tokens, device, auto
         key.update(f'{s}:{st.st_size}:{st.st_mtime_ns}'.encode())
     cache = os.path.join(folder, f'prior-{key.hexdigest()[:16]}')
     os.makedirs(cache, exist_ok=True)
-    n_tok, n_ex = len(data['ids']), int(data['index'].max()) + 1
+    n_tok = len(data['ids'])
     files = [os.path.join(cache, f) for f in ('p.npy', 'u.npy', 'done.npy')]
     if not os.path.exists(files[2]):
         for f in files[:2]:

@@ -223,7 +223,6 @@ def test_kill_and_resume_matches_uninterrupted(init, data, tmp_path):
     assert run(["train.py", *args(init, data, a, *common)]).returncode == 0
     proc = subprocess.Popen([sys.executable, "train.py", *args(init, data, b, *common)], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log_b = os.path.join(b, "log.jsonl")
     while proc.poll() is None and not logged(b, 3):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
