@@ -159,8 +159,11 @@ def bench_train(args):
     mask = torch.ones(B, T, dtype=torch.bool, device=args.device)
     prior = dict(p_prior=torch.rand(B, T, generator=g).to(args.device), u_prior=torch.rand(B, T, generator=g).to(args.device))
     n_params = sum(p.numel() for p in ours.parameters())
+    compile_ = args.device == 'cuda' if args.compile is None else args.compile
+    fwd = torch.compile(ours) if compile_ else ours  # as train.py runs it
     print(f"== train: {B}x{T} tokens, {args.model} ({n_params / 1e6:.0f}M params), {args.device}, "
-          f"{torch.get_num_threads()} threads; tokens/s = median over {args.iters} interleaved steps")
+          f"{torch.get_num_threads()} threads, tokenwise {'compiled' if compile_ else 'eager'}, transformers eager; "
+          f"tokens/s = median over {args.iters} interleaved steps")
     for dname in args.dtype:
         dtype = DTYPES[dname]
         opts = {name: torch.optim.AdamW((theirs if name == 'transformers' else ours).parameters(), lr=1e-6)
@@ -171,7 +174,7 @@ def bench_train(args):
                 if name == 'transformers':
                     loss = F.cross_entropy(theirs(x).logits.float().flatten(0, 1), y.flatten())
                 else:
-                    h = ours(x, return_hidden=True)
+                    h = fwd(x, return_hidden=True)
                     loss, _ = weighted_loss(h, ours.lm_head.weight, y, mask, B * T, name,
                                             'prior' if name == 'prift' else 'online', **prior)
             loss.backward()
@@ -246,6 +249,8 @@ def main():
     ap.add_argument('--chunk', type=int, default=2048, help='positions per chunk of weighted_loss')
     ap.add_argument('--supervised', type=float, default=1.0, help='fraction of supervised positions')
     ap.add_argument('--model', default='smollm2-gguf', help='train/generate: any model.load_checkpoint path')
+    ap.add_argument('--compile', action=argparse.BooleanOptionalAction, help='torch.compile tokenwise in train '
+                    '(default: on CUDA, as train.py does)')
     ap.add_argument('--train_batch', type=int, default=4)
     ap.add_argument('--train_seq', type=int, default=256)
     ap.add_argument('--gen_batch', type=int, default=8)

@@ -471,7 +471,7 @@ def main(argv=None):
     p.add_argument("--out", help="folder for eval.json (default: the --model folder)")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="print a table across run folders and plot")
     p.add_argument("--plot", default="learn_vs_forget.png", help="scatter plot written by --compare")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="", help="'' = cuda if available, else cpu")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (HumanEval with --he_samples > 1)")
@@ -488,6 +488,7 @@ def main(argv=None):
     p.add_argument("--ppl_window", type=int, default=1024, help="tokens per window (at most block_size)")
     p.add_argument("--ppl_stride", type=int, help="new tokens per window (default window / 2)")
     args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.compare:
         return compare(args.compare, args.plot)
     if not args.model:
