@@ -21,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from train import matmul_flops
 from weights import RULES, token_weights, weighted_loss
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16)
@@ -137,18 +138,6 @@ def load_pair(args):
     return ours.train(), theirs.train(), tok
 
 
-def matmul_peak(device, dtype, n=2048, reps=10):
-    """The machine's measured matmul throughput in FLOP/s: the denominator of MFU."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
-
-
 def bench_train(args):
     """Training steps (forward, loss, backward, AdamW) on one batch: tokenwise with each rule against
     transformers with plain cross-entropy, the same weights and tokens."""
@@ -191,7 +180,7 @@ def bench_train(args):
                 if r >= args.warmup:
                     times[name].append(time.perf_counter() - t0)
                     mem[name].append(peak_end(args.device) - base)
-        peak = matmul_peak(args.device, dtype)
+        peak = matmul_flops(args.device, dtype, n=2048, reps=10)
         tps = {name: B * T / statistics.median(t) for name, t in times.items()}
         print(f"-- {dname}: measured matmul peak {peak / 1e9:.0f} GFLOP/s")
         print('{:<13} {:>9} {:>15} {:>10} {:>12} {:>7}'.format('variant', 'tokens/s', '/ transformers', '/ sft',

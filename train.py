@@ -70,9 +70,10 @@ epochs = 1.0
 seed = 1337
 # system
 device = ''  # '' = cuda if available, else cpu
-dtype = 'bfloat16'  # autocast compute dtype: bfloat16 | float32 (weights, optimizer: float32). CPU: bf16 ~1.25x faster
+dtype = 'auto'  # autocast compute dtype: auto | bfloat16 | float32 (weights, optimizer: float32 always);
+# auto = bfloat16 where the hardware has bf16 matrix units, float32 elsewhere (see native_bf16)
 compile = True  # torch.compile on CUDA. The CPU stays eager: compiling SmolLM2-135M took ~170 s for no steady-state gain
-peak_flops = 0.0  # for MFU; 0 = a default for the device
+peak_flops = 0.0  # for MFU; 0 = the GPU's datasheet bf16 peak, or the CPU's matmul rate measured at start
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (bool, int, float, str)}
 HYPER = ('infosft_P', 'profit_tau', 'profit_tau_high', 'profit_direction', 'prift_mode', 'prift_tau')
 RESUME_FREE = ('resume', 'compile', 'eval_interval', 'log_interval', 'device')  # may change when resuming
@@ -215,6 +216,29 @@ def prior_cache(model, data, folder, tok_fingerprint, batch_tokens, device, auto
     return tuple(np.load(f, mmap_mode='r') for f in files[:2])
 
 
+def native_bf16(device_type):
+    """Whether bf16 matmuls run on matrix units: GPUs from Ampere on, x86 CPUs with AVX512-BF16 or AMX. Other CPUs
+    emulate them: on a 2-core AVX2 EPYC a bf16 matmul took 100x as long as in float32 (with AMX, bf16 training steps
+    ran 1.25x faster than float32 ones)."""
+    if device_type == 'cuda':
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def matmul_flops(device, dtype, n=1024, reps=3):
+    """The measured FLOP/s of an n x n matmul: the denominator of MFU where no datasheet peak applies."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if device.startswith('cuda'):
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.startswith('cuda'):
+        torch.cuda.synchronize(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
 def atomic_save(obj, path):
     """Write to a temp file in the same folder, fsync, rename: a crash leaves the old file or the new, never half."""
     tmp = path + '.tmp'
@@ -239,8 +263,8 @@ def main(argv):
         weights.check_rule(c.rule, c.signal, **hyper)
     except ValueError as e:
         raise SystemExit(f"config: {e}")
-    if c.dtype not in ('bfloat16', 'float32'):
-        raise SystemExit(f"dtype={c.dtype!r}: use bfloat16 or float32 (float16 would need loss scaling)")
+    if c.dtype not in ('auto', 'bfloat16', 'float32'):
+        raise SystemExit(f"dtype={c.dtype!r}: use auto, bfloat16 or float32 (float16 would need loss scaling)")
     use_prior = c.rule == 'prift' or c.signal == 'prior'
 
     # distributed setup: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise
@@ -257,7 +281,8 @@ def main(argv):
         raise SystemExit(f"grad_accum={c.grad_accum} must be a multiple of the {world} ranks")
     master = rank == 0
     device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if c.dtype == 'bfloat16' else nullcontext()
+    compute_dtype = c.dtype if c.dtype != 'auto' else 'bfloat16' if native_bf16(device_type) else 'float32'
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if compute_dtype == 'bfloat16' else nullcontext()
     torch.manual_seed(c.seed + rank)
     random.seed(c.seed + rank)
     np.random.seed(c.seed + rank)
@@ -356,10 +381,10 @@ def main(argv):
     fwd = torch.compile(raw_model) if c.compile and device_type == 'cuda' else raw_model
     model = DDP(fwd, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None) if ddp else fwd
     n_params = sum(p.numel() for p in params)
-    # MFU's peak: dense bf16 of an H100/H200 or A100; this 2-core CPU's measured matmul rate (REFERENCE.md section 4)
+    # MFU's peak: dense bf16 of an H100/H200 or A100; on the CPU, its measured matmul rate in the compute dtype
     gpu = torch.cuda.get_device_name(dev) if device_type == 'cuda' else ''
     peak = c.peak_flops or (989e12 if any(h in gpu for h in ('H100', 'H200', 'H800')) else 312e12 if gpu
-                            else 0.64e12 if c.dtype == 'bfloat16' else 0.176e12)
+                            else matmul_flops(dev, getattr(torch, compute_dtype)))
 
     def take_step():  # the global micro-batches of one optimizer step, advancing the data position
         batches = []
@@ -420,7 +445,7 @@ def main(argv):
             atomic_save(''.join(kept), log_path)
         elif os.path.exists(log_path):
             os.remove(log_path)
-        print(f"{c.init_from}: {n_params / 1e6:.1f}M params on {dev} x{world}, {c.dtype}; {len(train['a'])} train "
+        print(f"{c.init_from}: {n_params / 1e6:.1f}M params on {dev} x{world}, {compute_dtype}; {len(train['a'])} train "
               f"examples, {len(epoch_plan(0))} micro-batches/epoch; rule {c.rule} ({c.signal}); {steps} steps")
 
     t_start = time.time()
