@@ -285,3 +285,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(init, data, tmp_path,
     ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     assert ckpt["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
     assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])
+def test_dtype_auto_uses_bf16_only_with_native_support(init, data, tmp_path, monkeypatch, capsys, native, expected):
+    monkeypatch.setattr(train, "native_bf16", lambda device_type: native)
+    train.main(args(init, data, str(tmp_path), "--dtype=auto", "--max_steps=1"))
+    assert f"params on cpu x1, {expected};" in capsys.readouterr().out
