@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from train import matmul_flops
+from train import matmul_flops, native_bf16
 from weights import RULES, token_weights, weighted_loss
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16)
@@ -228,7 +228,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--only', nargs='+', choices=list(SECTIONS), default=list(SECTIONS), help='sections to run')
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    ap.add_argument('--dtype', nargs='+', choices=list(DTYPES), default=list(DTYPES))
+    ap.add_argument('--dtype', nargs='+', choices=list(DTYPES), help='default: fp32, plus bf16 where the device has bf16 matrix units')
     ap.add_argument('--iters', type=int, default=3, help='timed rounds')
     ap.add_argument('--warmup', type=int, default=1, help='untimed rounds first')
     ap.add_argument('--batch', type=int, default=8)
@@ -247,6 +247,7 @@ def main():
     args = ap.parse_args()
     if args.device == 'cuda' and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible to torch")
+    args.dtype = args.dtype or (['fp32', 'bf16'] if native_bf16(args.device) else ['fp32'])
     if args.device == 'cpu':  # glibc: serve blocks >= 1 MB with mmap, so freed tensors leave the RSS we measure
         ctypes.CDLL('libc.so.6').mallopt(-3, 2**20)  # -3 = M_MMAP_THRESHOLD
     for name in args.only:
