@@ -443,6 +443,7 @@ def compare(paths, plot):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print(f"no plot: {plot} needs matplotlib (pip install matplotlib)", file=sys.stderr)
         return
     points = [(name, r["ppl"]["ratio"], r["gsm8k_nll"]["nll"]) for name, r in runs
               if r.get("ppl", {}).get("ratio") is not None and "gsm8k_nll" in r]

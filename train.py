@@ -225,10 +225,12 @@ def native_bf16(device_type):
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def matmul_flops(device, dtype, n=1024, reps=3):
-    """The measured FLOP/s of an n x n matmul: the denominator of MFU where no datasheet peak applies."""
+def matmul_flops(device, dtype, n=1024, reps=10, warmup=3):
+    """The measured FLOP/s of an n x n matmul: the denominator of MFU where no datasheet peak applies. The warm-up
+    calls keep thread start-up and cold caches out of the timing."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+    for _ in range(warmup):
+        a @ b
     if device.startswith('cuda'):
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -265,7 +267,8 @@ def main(argv):
         raise SystemExit(f"config: {e}")
     if c.dtype not in ('auto', 'bfloat16', 'float32'):
         raise SystemExit(f"dtype={c.dtype!r}: use auto, bfloat16 or float32 (float16 would need loss scaling)")
-    use_prior = c.rule == 'prift' or c.signal == 'prior'
+    signal = 'prior' if c.rule == 'prift' else c.signal  # prift's weights always come from the prior
+    use_prior = signal == 'prior'
 
     # distributed setup: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise
     dev = c.device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -431,7 +434,7 @@ def main(argv):
         ckpt = {'model': raw_model.state_dict(), 'model_config': dataclasses.asdict(raw_model.config),
                 'optimizer': optimizer.state_dict(), 'step': step, 'config': cfg, 'rng': rngs, 'data': dict(pos)}
         atomic_save(ckpt, ckpt_path)
-        info = dict(rule=c.rule, signal=c.signal, hyper=hyper, init_from=c.init_from, dataset=c.dataset,
+        info = dict(rule=c.rule, signal=signal, hyper=hyper, init_from=c.init_from, dataset=c.dataset,
                     steps=step, max_steps=steps, seed=c.seed)
         atomic_save(json.dumps(info, indent=2), os.path.join(c.out_dir, 'config.json'))
 
@@ -446,7 +449,7 @@ def main(argv):
         elif os.path.exists(log_path):
             os.remove(log_path)
         print(f"{c.init_from}: {n_params / 1e6:.1f}M params on {dev} x{world}, {compute_dtype}; {len(train['a'])} train "
-              f"examples, {len(epoch_plan(0))} micro-batches/epoch; rule {c.rule} ({c.signal}); {steps} steps")
+              f"examples, {len(epoch_plan(0))} micro-batches/epoch; rule {c.rule} ({signal}); {steps} steps")
 
     t_start = time.time()
     t_steps, n_timed = 0.0, 0
@@ -471,7 +474,7 @@ def main(argv):
                 with autocast:
                     h = model(batch['x'], return_hidden=True)
                     loss, st = weights.weighted_loss(h, raw_model.lm_head.weight, batch['y'], batch['m'], n_tokens,
-                                                     c.rule, c.signal, batch.get('p'), batch.get('u'), **hyper)
+                                                     c.rule, signal, batch.get('p'), batch.get('u'), **hyper)
                 (loss * world).backward()  # DDP averages gradients over ranks; the loss is already a global mean
             sums += torch.stack([loss.detach().double(), st['ce_sum'].double(), st['weight_sum'].double(),
                                  st['kept'].double().to(dev), st['tokens'].double().to(dev), sums.new_zeros(())])
