@@ -1,5 +1,5 @@
-# SmolLM2-135M-Instruct (the embedded GGUF) on GSM8K, sized for the CPU: ~200 tokens/s there, so these 512
-# examples (~100k tokens, ~12 steps) take about 10 minutes plus evaluations. On a GPU, train on all 7,473
+# SmolLM2-135M-Instruct (the embedded GGUF) on GSM8K, sized for the CPU: ~140 tokens/s on 2 cores, so these 512
+# examples (~100k tokens, ~12 steps) take about 12 minutes plus evaluations. On a GPU, train on all 7,473
 # examples: python train.py config/gsm8k_smollm2.py --max_examples=0 --epochs=3 --grad_accum=8
 init_from = 'smollm2-gguf'
 dataset = 'gsm8k'

@@ -1,4 +1,4 @@
-# The README's `make run`: a few minutes of fine-tuning on the CPU (~200 training tokens/s on 2 cores), enough to
+# The README's `make run`: a few minutes of fine-tuning on the CPU (~140 training tokens/s on 2 cores), enough to
 # see the rule move the GSM8K answer NLL and the held-out perplexity; not enough to change GSM8K accuracy.
 init_from = 'smollm2-gguf'
 dataset = 'gsm8k'
