@@ -55,8 +55,7 @@ def rule_step(args, dtype, name, inputs):
             loss = F.cross_entropy(logits.flatten(0, 1), y.masked_fill(~mask, -100).flatten(), reduction='sum')
             loss = loss / mask.sum()
         else:
-            signal = 'prior' if name == 'prift' else 'online'
-            loss, _ = weighted_loss(h, W, y, mask, int(mask.sum()), name, signal, chunk_size=args.chunk, **prior)
+            loss, _ = weighted_loss(h, W, y, mask, int(mask.sum()), name, chunk_size=args.chunk, **prior)
     loss.backward()
     h.grad = W.grad = None
 
@@ -164,8 +163,7 @@ def bench_train(args):
                     loss = F.cross_entropy(theirs(x).logits.float().flatten(0, 1), y.flatten())
                 else:
                     h = fwd(x, return_hidden=True)
-                    loss, _ = weighted_loss(h, ours.lm_head.weight, y, mask, B * T, name,
-                                            'prior' if name == 'prift' else 'online', **prior)
+                    loss, _ = weighted_loss(h, ours.lm_head.weight, y, mask, B * T, name, **prior)
             loss.backward()
             opts[name].step()
             opts[name].zero_grad(set_to_none=True)

@@ -267,7 +267,7 @@ def main(argv):
         raise SystemExit(f"config: {e}")
     if c.dtype not in ('auto', 'bfloat16', 'float32'):
         raise SystemExit(f"dtype={c.dtype!r}: use auto, bfloat16 or float32 (float16 would need loss scaling)")
-    signal = 'prior' if c.rule == 'prift' else c.signal  # prift's weights always come from the prior
+    signal = weights.signal_of(c.rule, c.signal)
     use_prior = signal == 'prior'
 
     # distributed setup: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise
@@ -449,7 +449,7 @@ def main(argv):
         elif os.path.exists(log_path):
             os.remove(log_path)
         print(f"{c.init_from}: {n_params / 1e6:.1f}M params on {dev} x{world}, {compute_dtype}; {len(train['a'])} train "
-              f"examples, {len(epoch_plan(0))} micro-batches/epoch; rule {c.rule} ({signal}); {steps} steps")
+              f"examples, {len(epoch_plan(0))} micro-batches/epoch; rule {c.rule} ({signal or 'no signal'}); {steps} steps")
 
     t_start = time.time()
     t_steps, n_timed = 0.0, 0
@@ -474,7 +474,7 @@ def main(argv):
                 with autocast:
                     h = model(batch['x'], return_hidden=True)
                     loss, st = weights.weighted_loss(h, raw_model.lm_head.weight, batch['y'], batch['m'], n_tokens,
-                                                     c.rule, signal, batch.get('p'), batch.get('u'), **hyper)
+                                                     c.rule, c.signal, batch.get('p'), batch.get('u'), **hyper)
                 (loss * world).backward()  # DDP averages gradients over ranks; the loss is already a global mean
             sums += torch.stack([loss.detach().double(), st['ce_sum'].double(), st['weight_sum'].double(),
                                  st['kept'].double().to(dev), st['tokens'].double().to(dev), sums.new_zeros(())])

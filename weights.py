@@ -50,6 +50,11 @@ def check_rule(rule, signal='online', **hyper):
                          f"pass profit_tau_high in [{h['profit_tau']}, 1] (got {h['profit_tau_high']})")
 
 
+def signal_of(rule, signal):
+    """The signal a rule really reads: None for sft (w = 1 reads no p), always 'prior' for prift."""
+    return None if rule == 'sft' else 'prior' if rule == 'prift' else signal
+
+
 def token_weights(rule, p, u=None, **hyper):
     """Detached float32 weights shaped like p; p (and u, for prift mass) come from the signal model.
     profit_direction='random' draws from torch's global generator: seed it for reproducible runs."""
@@ -179,7 +184,7 @@ def weighted_loss(hidden, lm_head_weight, targets, mask, n_tokens, rule='sft', s
     check_rule(rule, signal, **hyper)
     h = {**DEFAULTS, **hyper}
     use_u = rule == 'prift' and h['prift_mode'] == 'mass'
-    use_p = not use_u and (rule == 'prift' or (signal == 'prior' and rule != 'sft'))
+    use_p = not use_u and signal_of(rule, signal) == 'prior'
     if use_p and p_prior is None:
         raise ValueError(f"rule={rule!r} with the prior signal needs p_prior (build the cache with target_signals)")
     if use_u and u_prior is None:

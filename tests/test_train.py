@@ -197,7 +197,8 @@ def test_every_rule_lowers_the_loss(warm, data, tmp_path, rule):
     if rule[0] == "profit":  # the threshold really selects: some supervised tokens are dropped
         assert log[0]["kept"] < 1
     info = json.load(open(tmp_path / "config.json"))
-    assert (info["rule"], info["signal"], info["steps"]) == (rule[0], "prior" if rule[0] == "prift" else "online", 4)
+    signal = {"sft": None, "prift": "prior"}.get(rule[0], "online")  # what the rule reads, not what was passed
+    assert (info["rule"], info["signal"], info["steps"]) == (rule[0], signal, 4)
 
 
 def test_prior_cache_matches_a_direct_pass_and_is_keyed(warm, data, tok):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from weights import RULES, check_rule, mass_stat, target_signals, token_weights, weighted_loss  # noqa: E402
+from weights import RULES, check_rule, mass_stat, signal_of, target_signals, token_weights, weighted_loss  # noqa: E402
 
 DTYPES = (torch.float32, torch.bfloat16)
 # every (rule, hyper, signal) combination whose weights are deterministic
@@ -346,3 +346,8 @@ def test_weighted_loss_errors():
     y[~m] = -100  # padding targets outside the vocabulary are fine when masked
     y[m] = 3
     weighted_loss(h, W, y, m, n)
+
+
+def test_signal_of_names_what_each_rule_reads():
+    assert [signal_of(r, 'online') for r in RULES] == [None, 'online', 'online', 'online', 'prior']
+    assert [signal_of(r, 'prior') for r in RULES] == [None, 'prior', 'prior', 'prior', 'prior']
