@@ -32,7 +32,7 @@ VARIANTS = {
 # (column, eval.json task, key, format, scale)
 METRICS = [("answer NLL ↓", "gsm8k_nll", "nll", ".3f", 1), ("held-out ppl ↓", "ppl", "ppl", ".2f", 1),
            ("ppl / base", "ppl", "ratio", ".4f", 1), ("GSM8K 0-shot flex %", "gsm8k", "flexible_extract", ".1f", 100),
-           ("HumanEval pass@1 %", "humaneval", "pass@1", ".1f", 100)]
+           ("HumanEval pass@1 %", "humaneval", "pass@1", ".1f", 100), ("mean weight", "train", "mean_weight", ".2f", 1)]
 
 
 def run(cmd):
@@ -47,6 +47,12 @@ def evaluate(model, out, args):
              f"--ppl_tokens={args.ppl_tokens}", f"--he_max_new={args.he_max_new}", f"--dtype={args.eval_dtype}", f"--gen_limit={args.gen_limit}"])
     with open(os.path.join(out, "eval.json")) as f:
         return json.load(f)
+
+
+def mean_weight(out):
+    """The mean token weight over the run's steps, from train.py's log: how much of SFT's step a rule keeps."""
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return statistics.mean(r["weight"] for r in map(json.loads, f) if "weight" in r)
 
 
 def cell(values, fmt, scale):
@@ -85,7 +91,8 @@ def main():
                      f"--seed={seed}", f"--max_examples={args.train_examples}", "--epochs=1",
                      f"--learning_rate={args.learning_rate}", f"--batch_tokens={args.batch_tokens}",
                      f"--grad_accum={args.grad_accum}", "--eval_interval=0", "--eval_examples=32"])
-            results.setdefault(name, []).append(evaluate(out, out, args))
+            run_result = {**evaluate(out, out, args), "train": {"mean_weight": mean_weight(out)}}
+            results.setdefault(name, []).append(run_result)
 
     lines = ["| variant | seeds | " + " | ".join(m[0] for m in METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
     for name, runs in [("base", [base])] + list(results.items()):
@@ -95,8 +102,8 @@ def main():
     print(table)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table + "\n")
-    ev.compare([os.path.join(args.out, d) for d in sorted(os.listdir(args.out)) if d != "base"],
-               os.path.join(args.out, "learn_vs_forget.png"))
+    runs = [os.path.join(args.out, f"{name}-s{seed}") for name in args.variants for seed in args.seeds]
+    ev.compare(runs, os.path.join(args.out, "learn_vs_forget.png"))
 
 
 if __name__ == "__main__":
