@@ -4,6 +4,8 @@ Benchmarks for tokenwise; each section prints its own numbers.
     python bench.py                          # every section
     python bench.py --only rules --dtype bf16 --device cuda
 
+peak: the measured matmul rate of each dtype (MFU's denominator; bf16 without matrix units is emulated, slowly).
+
 rules: forward + backward of weighted_loss for each rule on a synthetic batch (SmolLM2 sizes by default),
 against plain cross-entropy computed the same chunked way (rule 'sft') and against the naive unchunked
 F.cross_entropy(h @ W.T), and the time of token_weights alone (the only work a rule adds, immune to the
@@ -219,7 +221,15 @@ def bench_generate(args):
               f"ratio {tps['tokenwise'] / tps['transformers']:.2f}; identical rows {same}/{B}")
 
 
-SECTIONS = dict(rules=bench_rules, train=bench_train, generate=bench_generate)
+def bench_peak(args):
+    """The matmul rate per dtype, the denominator of MFU; also shows whether bf16 has matrix units here."""
+    print(f"== peak: 1024x1024 matmul, {args.device}, {torch.get_num_threads()} threads")
+    rates = {dname: matmul_flops(args.device, DTYPES[dname]) for dname in args.dtype}
+    for dname, rate in rates.items():
+        print(f"{dname:<5} {rate / 1e9:10.1f} GFLOP/s {rate / rates[args.dtype[0]]:7.3f}x {args.dtype[0]}")
+
+
+SECTIONS = dict(peak=bench_peak, rules=bench_rules, train=bench_train, generate=bench_generate)
 
 
 def main():
