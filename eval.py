@@ -41,7 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data"))
+from data.prepare import gsm8k
+from model import load_checkpoint, package_file
+
 TASKS = ("gsm8k", "gsm8k_nll", "humaneval", "ppl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -112,13 +114,6 @@ FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")  # lm-eval's regexes_to_ignore, applied in this order to both sides
 
 
-def read_jsonl(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: GSM8K is read from ../shared/data/gsm8k (see its README.md)")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def fewshot_rows(n_questions, n_train, k=5, seed=1234):
     """lm-eval's draw: ONE Random(1234) for the whole run, `sample(train_docs, k)` per question in question order.
     (lm-eval draws k+1 and drops the question itself only when shots come from the test split; ours are train.)"""
@@ -155,7 +150,7 @@ def gsm8k_correct(completion, answer):
 
 
 def eval_gsm8k(model, tok, args, samples):
-    train, test = read_jsonl(f"{DATA}/gsm8k/train.jsonl"), read_jsonl(f"{DATA}/gsm8k/test.jsonl")[:args.gen_limit]
+    train, test = gsm8k("train"), gsm8k("test")[:args.gen_limit]
     shots = fewshot_rows(len(test), len(train), args.shots)
     prompts = [gsm8k_prompt(d["question"], [train[j] for j in rows]) for d, rows in zip(test, shots)]
     texts, max_new = generate_texts(model, tok, prompts, args.gsm8k_max_new, GSM8K_STOP, args.batch_size, "gsm8k")
@@ -170,7 +165,7 @@ def eval_gsm8k_nll(model, tok, args):
     """The prompt and " answer" + EOS are tokenized apart, as data/prepare.py builds the training examples."""
     if tok.eos_id is None:
         raise ValueError("gsm8k_nll scores the answer's EOS, but this tokenizer has no eos_id")
-    test, block = read_jsonl(f"{DATA}/gsm8k/test.jsonl")[:args.limit], model.config.block_size
+    test, block = gsm8k("test")[:args.limit], model.config.block_size
     seqs = []
     for d in test:
         answer = tok.encode(" " + d["answer"]) + [tok.eos_id]
@@ -183,11 +178,20 @@ def eval_gsm8k_nll(model, tok, args):
 # Held-out perplexity
 
 def heldout_text(source):
+    """'lee': 300 news articles (the Lee corpus, ~360 KB) that the PyPI package gensim ships as test data;
+    'wikitext': wikitext-2-raw-v1's test split from the hub; anything else: a text file."""
     if source == "wikitext":
         from datasets import load_dataset
-        return "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"])
-    if not os.path.exists(source):
-        raise FileNotFoundError(f"held-out text {source} not found: pass --ppl_data=<text file> or --ppl_data=wikitext")
+        try:
+            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
+        except Exception as e:
+            raise ConnectionError(f"could not load wikitext from the hub ({type(e).__name__}); without a network "
+                                  f"use --ppl_data=lee or a text file") from None
+        return "\n\n".join(rows)
+    if source == "lee":
+        source = package_file("gensim", "test/test_data/lee_background.cor")
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"held-out text {source} not found: pass --ppl_data=lee, wikitext or a text file")
     with open(source, encoding="utf-8") as f:
         return f.read()
 
@@ -374,13 +378,10 @@ def run_meta(path):
 
 
 def evaluate(args):
-    from model import load_checkpoint
     tasks, t0 = args.tasks.split(","), time.time()
     out = args.out or (args.model if os.path.isdir(args.model) else os.path.join("out", "eval-" + re.sub(r"\W", "_", args.model)))
     if "ppl" in tasks:
         text = heldout_text(args.ppl_data)
-    if {"gsm8k", "gsm8k_nll"} & set(tasks):
-        read_jsonl(f"{DATA}/gsm8k/test.jsonl")
     result = {"model": args.model, "base": args.base, **run_meta(args.model), "limit": args.limit, "gen_limit": args.gen_limit,
               "dtype": args.dtype, "device": args.device}
     samples = []
@@ -482,9 +483,8 @@ def main(argv=None):
     p.add_argument("--he_temperature", type=float, default=0.8)
     p.add_argument("--he_timeout", type=float, default=3.0, help="seconds per program")
     p.add_argument("--he_workers", type=int, default=min(4, os.cpu_count() or 1))
-    default_heldout = os.path.join(DATA, "heldout", "lee_background.cor")
-    p.add_argument("--ppl_data", default=default_heldout if os.path.exists(default_heldout) else "wikitext",
-                   help="text file, or 'wikitext' (wikitext-2-raw-v1 test via datasets)")
+    p.add_argument("--ppl_data", default="lee",
+                   help="'lee' (news text shipped by gensim), 'wikitext' (wikitext-2-raw-v1 test, hub) or a text file")
     p.add_argument("--ppl_tokens", type=int, help="score at most N tokens")
     p.add_argument("--ppl_window", type=int, default=1024, help="tokens per window (at most block_size)")
     p.add_argument("--ppl_stride", type=int, help="new tokens per window (default window / 2)")
@@ -509,4 +509,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError, ConnectionError) as e:  # foreseeable: missing file, corrupt checkpoint, offline
+        sys.exit(f"error: {e}")

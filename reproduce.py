@@ -27,7 +27,7 @@ VARIANTS = {
     "profit": ["--rule=profit"],
     "prift-prob": ["--rule=prift", "--prift_mode=prob"],
     "prift-mass": ["--rule=prift", "--prift_mode=mass"],
-    "infosft-prior": ["--rule=infosft", "--signal=prior"],
+    "infosft-prior": ["--rule=infosft", "--signal_model=prior"],
 }
 # (column, eval.json task, key, format, scale)
 METRICS = [("answer NLL ↓", "gsm8k_nll", "nll", ".3f", 1), ("held-out ppl ↓", "ppl", "ppl", ".2f", 1),

@@ -3,10 +3,10 @@ Token-weighted supervised fine-tuning in one file: SFT, DFT, InfoSFT, ProFit and
 
 $ python train.py                                        # SmolLM2-135M-Instruct (embedded GGUF), GSM8K, SFT, on the CPU
 $ python train.py config/gsm8k_smollm2.py --rule=dft     # a config file, then overrides, applied in order
-$ torchrun --standalone --nproc_per_node=8 train.py --init_from=meta-llama/Llama-3.2-1B --rule=prift
+$ torchrun --standalone --nproc_per_node=8 train.py --init_from=meta-llama/Llama-3.2-1B --rule=dft --signal_model=prior
 
 Every optimizer step's loss is sum_t w_t * CE_t * m_t / (supervised tokens of the whole step, all
-micro-batches and all ranks), as in every official code. Writes out_dir/ckpt.pt (+ tokenizer files,
+micro-batches and all ranks); METHODS.md says how each official code normalises instead. Writes out_dir/ckpt.pt (+ tokenizer files,
 config.json) that model.load_checkpoint and eval.py read, and out_dir/log.jsonl with one line per step.
 """
 import ast
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import weights
-from model import load_checkpoint
+from model import load_checkpoint, read_run_checkpoint
 
 # -----------------------------------------------------------------------------
 # Default config. Override with config files (python assignments) and --key=value, applied in order.
@@ -48,9 +48,9 @@ max_examples = 0  # train on the first N examples only; 0 = all
 batch_tokens = 8192  # padded tokens (rows x longest row) per micro-batch
 grad_accum = 4  # micro-batches per optimizer step, over all ranks together (must divide by the number of ranks)
 bucket_window = 1024  # shuffled examples sorted by length together: larger wastes less padding, shuffles less
-# rule (weights.py; REFERENCE.md section 1)
+# rule (weights.py; formulas and sources in METHODS.md)
 rule = 'sft'  # sft | dft | infosft | profit | prift
-signal = 'online'  # online: p from the model being trained | prior: p from the frozen initial model
+signal_model = 'online'  # which model gives p: online = the model being trained | prior = the frozen initial model
 infosft_P = 0.93
 profit_tau = 0.1
 profit_tau_high = -1.0  # upper bound of profit_direction='middle'; < 0 = unset
@@ -76,6 +76,7 @@ compile = True  # torch.compile on CUDA. The CPU stays eager: compiling SmolLM2-
 peak_flops = 0.0  # for MFU; 0 = the GPU's datasheet bf16 peak, or the CPU's matmul rate measured at start
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (bool, int, float, str)}
 HYPER = ('infosft_P', 'profit_tau', 'profit_tau_high', 'profit_direction', 'prift_mode', 'prift_tau')
+RENAMED = {'signal': ('signal_model', "torchrun would take --signal for its own --signals-to-handle")}
 RESUME_FREE = ('resume', 'compile', 'eval_interval', 'log_interval', 'device')  # may change when resuming
 
 
@@ -84,6 +85,9 @@ def configure(argv):
     cfg = dict(DEFAULTS)
 
     def put(key, val, where):
+        if key in RENAMED:
+            new, why = RENAMED[key]
+            raise SystemExit(f"{where}: {key} is now called {new} ({why})")
         if key not in cfg:
             near = difflib.get_close_matches(key, cfg, n=1)
             raise SystemExit(f"{where}: unknown config key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
@@ -262,12 +266,12 @@ def main(argv):
     hyper = {k: cfg[k] for k in HYPER if k != 'profit_tau_high'}
     hyper['profit_tau_high'] = c.profit_tau_high if c.profit_tau_high >= 0 else None
     try:  # bad rule settings fail here, before any model is loaded
-        weights.check_rule(c.rule, c.signal, **hyper)
+        weights.check_rule(c.rule, c.signal_model, **hyper)
     except ValueError as e:
         raise SystemExit(f"config: {e}")
     if c.dtype not in ('auto', 'bfloat16', 'float32'):
         raise SystemExit(f"dtype={c.dtype!r}: use auto, bfloat16 or float32 (float16 would need loss scaling)")
-    signal = weights.signal_of(c.rule, c.signal)
+    signal = weights.signal_of(c.rule, c.signal_model)
     use_prior = signal == 'prior'
 
     # distributed setup: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise
@@ -300,7 +304,10 @@ def main(argv):
     if c.resume:
         if not os.path.exists(ckpt_path):
             raise SystemExit(f"--resume=True but there is no {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+        try:
+            ckpt = read_run_checkpoint(ckpt_path)
+        except ValueError as e:
+            raise SystemExit(f"resume: {e}")
         changed = [k for k in cfg if k not in RESUME_FREE and ckpt['config'].get(k) != cfg[k]]
         if changed:
             k = changed[0]
@@ -310,7 +317,7 @@ def main(argv):
     # model: always the initial weights first (the prior signals come from them), then the checkpoint's
     try:
         raw_model, tokenizer = load_checkpoint(c.init_from, device=dev, dtype=torch.float32)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
         raise SystemExit(f"init_from={c.init_from!r}: {e}")
     block_size = min(c.block_size, raw_model.config.block_size)
 
@@ -322,7 +329,7 @@ def main(argv):
             if master == turn:
                 try:
                     folder = prepare(c.dataset, tokenizer, block_size=block_size)
-                except (ValueError, FileNotFoundError) as e:
+                except (ValueError, FileNotFoundError, ConnectionError) as e:
                     raise SystemExit(f"data: {e}")
             if ddp:
                 dist.barrier()
@@ -474,7 +481,7 @@ def main(argv):
                 with autocast:
                     h = model(batch['x'], return_hidden=True)
                     loss, st = weights.weighted_loss(h, raw_model.lm_head.weight, batch['y'], batch['m'], n_tokens,
-                                                     c.rule, c.signal, batch.get('p'), batch.get('u'), **hyper)
+                                                     c.rule, c.signal_model, batch.get('p'), batch.get('u'), **hyper)
                 (loss * world).backward()  # DDP averages gradients over ranks; the loss is already a global mean
             sums += torch.stack([loss.detach().double(), st['ce_sum'].double(), st['weight_sum'].double(),
                                  st['kept'].double().to(dev), st['tokens'].double().to(dev), sums.new_zeros(())])

@@ -5,10 +5,11 @@ Every rule is a detached weight w_t on the cross-entropy CE_t of each supervised
 
     loss = sum_t w_t * CE_t * m_t / n_tokens
 
-n_tokens counts the supervised tokens of the whole optimizer step (all micro-batches and ranks), as every
-official code does. w_t is a function of p, the probability of y_t under a *signal* model: 'online' is the
-model being trained (p = exp(-CE_t) of the same forward), 'prior' is the frozen initial model (p_prior and
-u_prior, precomputed once with target_signals). Sources: REFERENCE.md section 1.
+n_tokens counts the supervised tokens of the whole optimizer step (all micro-batches and ranks), so every token
+weighs the same whichever micro-batch it lands in; the official codes differ here (METHODS.md, "Normalisation").
+w_t is a function of p, the probability of y_t under a *signal* model: 'online' is the model being trained
+(p = exp(-CE_t) of the same forward), 'prior' is the frozen initial model (p_prior and u_prior, precomputed once
+with target_signals). Formulas, defaults and sources: METHODS.md.
 
 weighted_loss fuses the lm_head matmul with the loss, chunk by chunk, so float32 logits never exist for the
 whole batch: peak extra memory is O(chunk_size * vocab) whatever the batch.

@@ -14,6 +14,7 @@ Examples longer than block_size + 1 tokens are clipped at the end (the prompt su
 EOS are lost); they are counted in meta.json and printed.
 """
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -24,10 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `python data/prepare.py` puts data/ first on the path, not the repo root
 from tokenizer import load_tokenizer  # noqa: E402
 
-GSM8K_LOCAL = os.path.join(ROOT, "..", "shared", "data", "gsm8k")
+GSM8K_DIR = os.path.join(ROOT, "data", "gsm8k")  # train/test.jsonl.gz shipped with the repo (MIT, see its README)
 PROMPT_TEMPLATE, RESPONSE_TEMPLATE = "Question: {prompt}\nAnswer:", " {response}"
 VAL_NAMES = ("val", "validation", "test")
-EXTENSIONS = (".jsonl", ".json", ".parquet")
+EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 
 # -----------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def read_file(path):
     if path.endswith(".parquet"):
         import pyarrow.parquet
         return pyarrow.parquet.read_table(path).to_pylist()
-    with open(path, encoding="utf-8") as f:
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
         text = f.read()
     try:
         if path.endswith(".json") and text.lstrip().startswith("["):
@@ -69,13 +70,15 @@ def holdout(records, val_fraction=0.05, seed=0):
     return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
 
 
+def gsm8k(split):
+    """GSM8K's 'train' or 'test' records (question, answer) from the copy shipped in data/gsm8k/."""
+    return read_file(os.path.join(GSM8K_DIR, f"{split}.jsonl.gz"))
+
+
 def load_records(dataset):
     """(train records, val records, source) from 'gsm8k', a local file or folder, or a hub dataset name."""
     if dataset == "gsm8k":
-        if os.path.isdir(GSM8K_LOCAL):
-            dataset = os.path.normpath(GSM8K_LOCAL)
-        else:
-            return (*load_hub("openai/gsm8k", "main"), "hub:openai/gsm8k")
+        dataset = GSM8K_DIR
     if os.path.isdir(dataset):
         train, val = split_file(dataset, ("train",)), split_file(dataset, VAL_NAMES)
         if train is None:
@@ -90,7 +93,7 @@ def load_records(dataset):
 
 def stamp(dataset):
     """Size and mtime of a local dataset's files, so that a prepared folder is not reused after they change."""
-    path = os.path.normpath(GSM8K_LOCAL) if dataset == "gsm8k" else dataset
+    path = GSM8K_DIR if dataset == "gsm8k" else dataset
     if os.path.isfile(path):
         files = [path]
     elif os.path.isdir(path):
@@ -105,7 +108,7 @@ def load_hub(name, config=None):
     try:
         d = datasets.load_dataset(name, config)
     except Exception as e:
-        raise RuntimeError(f"could not load dataset {name!r} from the hub ({type(e).__name__}: {e}); without a "
+        raise ConnectionError(f"could not load dataset {name!r} from the hub ({type(e).__name__}: {e}); without a "
                            f"network pass a local .jsonl/.json/.parquet file or a folder with train/test files") from None
     if "train" not in d:
         raise ValueError(f"hub dataset {name!r} has no train split (splits: {', '.join(d)})")
@@ -265,5 +268,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")

@@ -4,6 +4,8 @@ import json
 import math
 import os
 import random
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -11,15 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import eval as E
-from conftest import SHARED_DATA
-
-GSM8K = os.path.join(SHARED_DATA, "gsm8k")
-needs_gsm8k = pytest.mark.skipif(not os.path.exists(os.path.join(GSM8K, "train.jsonl")), reason="no ../shared/data/gsm8k")
+from data.prepare import gsm8k
 
 
-@needs_gsm8k
 def test_fewshot_rows_are_lm_evals_draw():
-    train = E.read_jsonl(os.path.join(GSM8K, "train.jsonl"))
+    train = gsm8k("train")
     assert len(train) == 7473
     rows = E.fewshot_rows(3, len(train))
     # lm-eval's rows for the first two test questions (its sampler over the list of train docs, seed 1234)
@@ -35,9 +33,8 @@ def test_prompt_text_exact():
     assert E.gsm8k_prompt("Q3?") == "Question: Q3?\nAnswer:"
 
 
-@needs_gsm8k
 def test_first_real_prompt():
-    train, test = E.read_jsonl(os.path.join(GSM8K, "train.jsonl")), E.read_jsonl(os.path.join(GSM8K, "test.jsonl"))
+    train, test = gsm8k("train"), gsm8k("test")
     prompt = E.gsm8k_prompt(test[0]["question"], [train[j] for j in E.fewshot_rows(1, len(train))[0]])
     first = "Question: " + train[6374]["question"] + "\nAnswer: " + train[6374]["answer"] + "\n\nQuestion: "
     assert prompt.startswith(first) and prompt.count("\n\nQuestion: ") == 5
@@ -81,9 +78,8 @@ def test_exact_match(completion, gold, strict, flexible):
     assert E.gsm8k_correct(completion, gold) == {"strict_match": strict, "flexible_extract": flexible}
 
 
-@needs_gsm8k
 def test_every_gold_answer_scores_itself():
-    test = E.read_jsonl(os.path.join(GSM8K, "test.jsonl"))
+    test = gsm8k("test")
     assert all(E.gsm8k_correct(d["answer"], d["answer"]) == {"strict_match": True, "flexible_extract": True} for d in test)
 
 
@@ -162,10 +158,9 @@ def test_generate_texts_batched_equals_each_alone_cut_at_stop(tiny):
     assert not any(s in t for s in stops for t in texts)
 
 
-@needs_gsm8k
 def test_answer_nll_by_hand(tiny):
     _, model, tok = tiny
-    test = E.read_jsonl(os.path.join(GSM8K, "test.jsonl"))[:2]
+    test = gsm8k("test")[:2]
     with torch.no_grad():
         got = E.eval_gsm8k_nll(model, tok, SimpleNamespace(limit=2, batch_size=2))
         nats, count = 0.0, 0
@@ -176,7 +171,6 @@ def test_answer_nll_by_hand(tiny):
     assert got["n"] == 2 and got["tokens"] == count and got["nll"] == pytest.approx(nats / count, rel=1e-5)
 
 
-@needs_gsm8k
 def test_cli_writes_eval_json_and_compare(tiny, tmp_path, capsys):
     folder = tiny[0]
     out = tmp_path / "run"
@@ -207,3 +201,19 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
         E.main(["--model=does-not-matter", "--tasks=ppl", f"--ppl_data={tmp_path / 'none.txt'}"])
     with pytest.raises(SystemExit, match="no eval.json"):
         E.main(["--compare", str(tmp_path)])
+
+
+def test_offline_sources_and_one_line_errors(tmp_path, monkeypatch):
+    text = E.heldout_text("lee")  # shipped by gensim: no network, no ../shared
+    assert len(text) > 300_000 and text.count("\n") >= 299
+
+    def offline(*a, **kw):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr("datasets.load_dataset", offline)
+    with pytest.raises(ConnectionError, match="could not load wikitext from the hub .*--ppl_data=lee"):
+        E.heldout_text("wikitext")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "eval.py", "--model=/nowhere", "--tasks=gsm8k_nll"], cwd=root,
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr == "error: no checkpoint at /nowhere: pass a HF folder, a .gguf file, " \
+                                                 "a tokenwise out_dir or a hub name\n", res.stderr

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import model as M
-from conftest import SHARED_DATA
+from model import package_file
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16}
@@ -66,13 +66,9 @@ def test_gguf_matches_transformers_gguf_loader(smollm2, smollm2_gguf):
     assert greedy_ours == greedy_ref.tolist()
 
 
-HELDOUT = os.path.join(SHARED_DATA, "heldout", "lee_background.cor")
-
-
-@pytest.mark.skipif(not os.path.exists(HELDOUT), reason="no ../shared/data/heldout/lee_background.cor")
 def test_gguf_heldout_perplexity(smollm2):
     model, tok = smollm2
-    with open(HELDOUT) as f:
+    with open(package_file("gensim", "test/test_data/lee_background.cor")) as f:
         idx = torch.tensor([tok.encode(f.read())[:1024]])
     with torch.no_grad():
         ppl = F.cross_entropy(model(idx)[0, :-1], idx[0, 1:]).exp().item()
@@ -210,5 +206,5 @@ def test_missing_and_misshapen_tensors(tiny_checkpoint):
 
 def test_hub_name_without_network_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="could not fetch 'no-such-org/no-such-model'"):
+    with pytest.raises(ConnectionError, match="could not fetch 'no-such-org/no-such-model'"):
         M.load_checkpoint("no-such-org/no-such-model")

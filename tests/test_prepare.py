@@ -83,7 +83,7 @@ def test_masks_cover_exactly_the_answer_and_eos(gpt2, tmp_path, add_bos):
 
 def test_gsm8k_default_format_and_reuse(gpt2, tmp_path, monkeypatch, capsys):
     import data.prepare as prep
-    monkeypatch.setattr(prep, "GSM8K_LOCAL", gsm_folder(tmp_path))
+    monkeypatch.setattr(prep, "GSM8K_DIR", gsm_folder(tmp_path))
     out = prepare("gsm8k", gpt2, str(tmp_path / "out"))
     ids, mask, offsets = read_split(out, "val")
     assert gpt2.decode(ids.tolist()) == f"Question: {GSM[0]['question']}\nAnswer: {GSM[0]['answer']}<|endoftext|>"
@@ -200,3 +200,17 @@ def test_cli(gpt2, tmp_path, capsys):
     meta = json.load(open(tmp_path / "out" / "meta.json"))
     assert meta["tokenizer"] == gpt2.fingerprint and meta["block_size"] == 64
     assert "train: 3 examples" in capsys.readouterr().out
+
+
+def test_shipped_gsm8k_is_the_original():
+    """data/gsm8k/*.jsonl.gz decompress to openai/grade-school-math's files, byte for byte."""
+    import gzip
+    import hashlib
+    import data.prepare as prep
+    sha = {"train": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+           "test": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"}
+    for split, rows in (("train", 7473), ("test", 1319)):
+        with gzip.open(os.path.join(prep.GSM8K_DIR, f"{split}.jsonl.gz"), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == sha[split]
+        records = prep.gsm8k(split)
+        assert len(records) == rows and all(set(r) == {"question", "answer"} and "#### " in r["answer"] for r in records)

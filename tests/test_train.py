@@ -240,16 +240,45 @@ def test_kill_and_resume_matches_uninterrupted(init, data, tmp_path):
 
 
 def test_two_gloo_ranks_equal_one_process(init, data, tmp_path):
+    # a prior-signal rule: torchrun must pass --signal_model through, and both ranks must read one prior cache
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    assert run(["train.py", *args(init, data, one, "--max_steps=3")]).returncode == 0
+    rule = ("--max_steps=3", "--eval_interval=3", "--rule=dft", "--signal_model=prior")
+    assert run(["train.py", *args(init, data, one, *rule)]).returncode == 0
     res = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-               *args(init, data, two, "--max_steps=3")], timeout=120)
+               *args(init, data, two, *rule)], timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert json.load(open(os.path.join(two, "config.json")))["signal"] == "prior"
     for r1, r2 in zip(read_log(one), read_log(two), strict=True):
+        assert r1.keys() == r2.keys()  # step records and evaluation records, in the same order
         for k in ("loss", "ce", "weight", "grad_norm", "val_loss"):  # a wrong 1/world scale shows in the grad norm
-            assert r2.get(k) == pytest.approx(r1.get(k), rel=1e-5), k
+            if k in r1:
+                assert r2[k] == pytest.approx(r1[k], rel=1e-5), k
     m1, m2 = (torch.load(os.path.join(d, "ckpt.pt"), weights_only=True)["model"] for d in (one, two))
     assert all(torch.allclose(m1[k], m2[k], atol=1e-5, rtol=0) for k in m1)
+
+
+def test_every_config_key_passes_through_torchrun():
+    """torchrun's argparse reads a prefix of its own options anywhere on the line (--signal = --signals-to-handle)."""
+    from torch.distributed.run import get_args_parser
+    parser = get_args_parser()
+    for key, value in train.DEFAULTS.items():
+        arg = f"--{key}={value}"
+        assert parser.parse_args(["train.py", arg]).training_script_args == [arg], key
+    with pytest.raises(SystemExit, match="signal is now called signal_model"):
+        train.configure(["--signal=prior"])
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(init, data, tmp_path):
+    out = str(tmp_path)
+    train.main(args(init, data, out, "--max_steps=1"))
+    ckpt = os.path.join(out, "ckpt.pt")
+    with open(ckpt, "r+b") as f:
+        f.truncate(os.path.getsize(ckpt) // 2)
+    with pytest.raises(SystemExit, match=r"resume: cannot read .*ckpt.pt .*corrupt or truncated"):
+        train.main(args(init, data, out, "--max_steps=1", "--resume=True"))
+    res = run(["eval.py", f"--model={out}", "--tasks=ppl", "--ppl_tokens=64"])
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "corrupt or truncated" in res.stderr
 
 
 def test_bad_input_is_a_one_line_error(init, data, tok, tmp_path):

@@ -35,7 +35,7 @@ def infosft_paper(p, P=0.93):
 
 @pytest.mark.parametrize('dtype', DTYPES)
 def test_infosft_table(dtype):
-    table = {0.01: 0.0278, 0.1: 0.1849, 0.3: 0.3983, 0.5: 0.5, 0.7: 0.4707, 0.9: 0.1355}  # REFERENCE.md
+    table = {0.01: 0.0278, 0.1: 0.1849, 0.3: 0.3983, 0.5: 0.5, 0.7: 0.4707, 0.9: 0.1355}  # METHODS.md (InfoSFT)
     p = torch.tensor(list(table), dtype=dtype)
     w = token_weights('infosft', p)
     assert w.dtype == torch.float32
@@ -49,7 +49,7 @@ def test_infosft_shape_and_edges():
     p = torch.linspace(0, 1, 100001)
     w = token_weights('infosft', p)
     assert torch.isfinite(w).all() and (w >= 0).all()
-    assert abs(w.max().item() - 0.508) < 1e-3 and abs(p[w.argmax()].item() - 0.568) < 1e-3  # REFERENCE.md
+    assert abs(w.max().item() - 0.508) < 1e-3 and abs(p[w.argmax()].item() - 0.568) < 1e-3  # METHODS.md (InfoSFT)
     assert (w[p >= 0.93] == 0).all() and (w[(p > 0) & (p < 0.93)] > 0).all()
     tiny = torch.tensor([0.0, 1e-45, 1e-38, 1e-20, 1.0])
     w = token_weights('infosft', tiny)
