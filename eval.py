@@ -6,19 +6,32 @@ Evaluate a checkpoint on what it learned and what it forgot, in the forms users 
              (EOS included): smooth, so it separates rules where accuracy is still ~0.
 - humaneval  openai/human-eval pass@k; every program runs in a sandboxed subprocess (see run_program).
 - ppl        held-out token perplexity and bits per byte with a sliding window; with --base also for the base model.
+Measures that are not the training objective (gsm8k_nll is SFT's own loss, so it favours SFT by construction):
+- gsm8k_classes  gsm8k_nll split by token class: calculator annotations <<...>>, numbers, prose, the final "#### N"
+             line (+ EOS).
+- gsm8k_mc   log-likelihood multiple choice: the gold solution against 3 copies with one intermediate result altered,
+             each scored from that result to the end of its line (see mc_item); acc and lm-eval's acc_norm (per
+             character), with a 95% Wilson interval.
+- kl         forgetting as KL(base || model) per held-out token (needs --base), with the ppl ratio on the same tokens.
 --limit=N keeps the first N GSM8K test questions / HumanEval problems (the full sets are 1,319 / 164);
 --gen_limit=N lowers it for the generation tasks (gsm8k, humaneval) alone, which cost far more than gsm8k_nll.
+--split=val scores the teacher-forced GSM8K tasks on the test split's last 319 questions instead (for choosing
+settings; GSM8K has no validation split).
 
 python eval.py --model=out/sft --base=smollm2-gguf --limit=100      # writes out/sft/eval.json
-python eval.py --compare out/*                                       # markdown table + learn_vs_forget.png
+python eval.py --compare out/*                                       # markdown table + compare.png
 
 eval.json (accuracies in [0, 1]; null where the run folder has no train.py config.json):
   model, base, rule, signal, steps, hyper, init_from, limit, dtype, device, time_s,
   gsm8k      {shots, n, max_new_tokens, strict_match, flexible_extract}
   gsm8k_nll  {n, tokens, nll}                                  nats per answer token
+  gsm8k_classes {n, tokens, nll, prose|number|calc|final {tokens, nll}}
+  gsm8k_mc   {n, choices, scored, acc, acc_norm, acc_norm_ci95}   n: the questions that have a result to alter
+  kl         {source, window, stride, tokens, kl, ppl, base_ppl, ratio}   kl in nats per token
   humaneval  {n, samples, temperature, max_new_tokens, pass@1 [, pass@10, pass@100 when samples >= k]}
   ppl        {source, tokens, bytes, window, stride, ppl, bpb [, base {...}, ratio, delta, delta_bpb with --base]}
-eval_samples.jsonl beside it: every GSM8K / HumanEval completion with its score.
+eval_samples.jsonl beside it: every GSM8K / HumanEval completion with its score, every gsm8k_mc question's
+log-likelihoods (gold first), for paired comparisons between runs.
 """
 import argparse
 import json
@@ -44,7 +57,7 @@ import torch.nn.functional as F
 from data.prepare import gsm8k
 from model import load_checkpoint, package_file
 
-TASKS = ("gsm8k", "gsm8k_nll", "humaneval", "ppl")
+TASKS = ("gsm8k", "gsm8k_nll", "gsm8k_classes", "gsm8k_mc", "humaneval", "ppl", "kl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -81,9 +94,9 @@ def generate_texts(model, tok, prompts, max_new, stops, batch_size, what, temper
     return out, max_new
 
 
-def tail_nll(model, seqs):
-    """Summed CE (nats) and count of the last n targets of each (ids, n) in `seqs`, as one right-padded batch.
-    Logits exist only for the scored positions."""
+def tail_token_nll(model, seqs):
+    """The CE (nats) of each of the last n targets of each (ids, n) in `seqs`: one 1-D tensor per sequence, from one
+    right-padded batch. Logits exist only for the scored positions."""
     T, dev = max(len(ids) for ids, _ in seqs) - 1, model.lm_head.weight.device
     x = torch.zeros(len(seqs), T, dtype=torch.long)
     y = torch.full((len(seqs), T), -1, dtype=torch.long)
@@ -92,8 +105,14 @@ def tail_nll(model, seqs):
         y[i, len(ids) - 1 - n:len(ids) - 1] = torch.tensor(ids[len(ids) - n:])
     keep = y >= 0
     hidden = model(x.to(dev), return_hidden=True)[keep.to(dev)]
-    logits = model.lm_head(hidden).float()
-    return F.cross_entropy(logits, y[keep].to(dev), reduction="sum").item(), int(keep.sum())
+    ce = F.cross_entropy(model.lm_head(hidden).float(), y[keep].to(dev), reduction="none").cpu()
+    return list(ce.split([n for _, n in seqs]))  # row-major: each row's scored targets are contiguous, in order
+
+
+def tail_nll(model, seqs):
+    """Summed CE (nats) and count of the last n targets of each (ids, n) in `seqs`."""
+    ce = torch.cat(tail_token_nll(model, seqs))
+    return ce.sum().item(), len(ce)
 
 
 def batched_nll(model, seqs, batch_size, what):
@@ -161,17 +180,163 @@ def eval_gsm8k(model, tok, args, samples):
             **{m: sum(s[m] for s in scores) / len(test) for m in ("strict_match", "flexible_extract")}}
 
 
-def eval_gsm8k_nll(model, tok, args):
-    """The prompt and " answer" + EOS are tokenized apart, as data/prepare.py builds the training examples."""
+def answer_sequences(tok, questions, block):
+    """(ids, n) for each question: the prompt and " answer" + EOS tokenized apart, as data/prepare.py builds the
+    training examples; n counts the answer's tokens."""
     if tok.eos_id is None:
-        raise ValueError("gsm8k_nll scores the answer's EOS, but this tokenizer has no eos_id")
-    test, block = gsm8k("test")[:args.limit], model.config.block_size
+        raise ValueError("the answer NLL scores the answer's EOS, but this tokenizer has no eos_id")
     seqs = []
-    for d in test:
+    for d in questions:
         answer = tok.encode(" " + d["answer"]) + [tok.eos_id]
         seqs.append(((tok.encode(gsm8k_prompt(d["question"]), bos=tok.add_bos) + answer)[-(block + 1):], len(answer)))
+    return seqs
+
+
+def eval_gsm8k_nll(model, tok, args):
+    questions = gsm8k_questions(args)
+    seqs = answer_sequences(tok, questions, model.config.block_size)
     nats, count = batched_nll(model, seqs, args.batch_size, "gsm8k_nll")
-    return {"n": len(test), "tokens": count, "nll": nats / count}
+    return {"n": len(questions), "tokens": count, "nll": nats / count}
+
+
+# -----------------------------------------------------------------------------
+# GSM8K measures that are not the training objective (the answer NLL above is SFT's own loss, so it favours SFT
+# by construction): which kind of answer token a rule learns or gives up, and a multiple choice between the gold
+# solution and copies with one intermediate result altered.
+
+VAL_FROM = 1000  # GSM8K has no validation split: --split=val is the test split's last 319 questions
+
+# Token classes of a GSM8K answer, lowest priority first: a token whose characters fall in several classes takes
+# the last one (" 5" is a number, "\n####" the final line).
+CLASSES = ("prose", "number", "calc", "final")
+CLASS_PATTERNS = (re.compile(r"\d+(?:[.,]\d+)*"),  # number: digits, with inner "." or "," (1,200 and 2.5)
+                  re.compile(r"<<[^<>]*>>"),  # calc: a calculator annotation, brackets included
+                  re.compile(r"(?m)^#### .*"))  # final: the "#### N" line (and the EOS that ends the answer)
+
+
+def gsm8k_questions(args):
+    """The questions the teacher-forced tasks score: the first --limit of the test split, or, with --split=val,
+    of its last 319 questions (reproduce.py chooses learning rates on these and reports on the first <= 1000)."""
+    test = gsm8k("test")
+    return (test[VAL_FROM:] if args.split == "val" else test)[:args.limit]
+
+
+def char_classes(text):
+    """The class (index into CLASSES) of each character of text."""
+    cls = [0] * len(text)
+    for c, pattern in enumerate(CLASS_PATTERNS, 1):
+        for m in pattern.finditer(text):
+            cls[m.start():m.end()] = [c] * (m.end() - m.start())
+    return cls
+
+
+def token_classes(tok, text):
+    """The class of each token of tok.encode(text): the highest class among the characters it spells."""
+    chars, ids = char_classes(text), tok.encode(text)
+    decoded, starts = tok.enc.decode_with_offsets(ids)
+    if decoded != text:
+        raise ValueError(f"the tokenizer does not round-trip {text[:40]!r}: token classes need exact offsets")
+    ends = starts[1:] + [len(text)]
+    return [max(chars[s:max(e, s + 1)]) for s, e in zip(starts, ends)]  # e == s: a token inside one character
+
+
+def eval_gsm8k_classes(model, tok, args):
+    """The answer NLL split by token class, in nats per token of each class; EOS counts as the final line."""
+    questions = gsm8k_questions(args)
+    seqs = answer_sequences(tok, questions, model.config.block_size)
+    sums, counts, t0 = np.zeros(len(CLASSES)), np.zeros(len(CLASSES), dtype=np.int64), time.time()
+    for b in range(0, len(seqs), args.batch_size):
+        for (_, n), d, ce in zip(seqs[b:b + args.batch_size], questions[b:b + args.batch_size],
+                                 tail_token_nll(model, seqs[b:b + args.batch_size])):
+            cls = (token_classes(tok, " " + d["answer"]) + [CLASSES.index("final")])[-n:]
+            np.add.at(sums, cls, ce.double().numpy())
+            np.add.at(counts, cls, 1)
+        progress("gsm8k_classes", min(b + args.batch_size, len(seqs)), len(seqs), t0)
+    return {"n": len(questions), "tokens": int(counts.sum()), "nll": sums.sum() / counts.sum(),
+            **{name: {"tokens": int(counts[c]), "nll": sums[c] / counts[c] if counts[c] else None}
+               for c, name in enumerate(CLASSES)}}
+
+
+MC_RESULT = re.compile(r"<<[^<>=]*=(\d+)>>\$?(\d*)")  # an annotation with an integer result, and the text's echo
+MC_OFFSETS = (-3, -2, -1, 1, 2, 3)
+
+
+def mc_item(answer, rng, k=3):
+    """(context, [gold, k altered copies]): the answer up to where one intermediate result r starts, and k + 1
+    continuations to the end of that line. r is an integer annotation result drawn among all but the last
+    annotation (which computes the final answer); each copy replaces it by r + d (k distinct d in +-1..3,
+    r + d >= 0) in the annotation and in the echo right after it ("<<4*6=24>>24"), and changes nothing else, so a
+    copy differs from the gold in that one result. Nothing downstream is scored, so nothing needs propagating: with
+    the whole rest of the solution scored and later steps still using r, every later use of r gave the gold away
+    (the base model chose it on 24 of the first 24 questions); ending at the line leaves the step's own arithmetic
+    and wording (73% on the first 37). None when the answer has no such result."""
+    last = answer.rfind("<<")
+    options = [m for m in MC_RESULT.finditer(answer) if m.start() < last]
+    if not options:
+        return None
+    m = rng.choice(options)
+    r, echo = m.group(1), m.group(2) == m.group(1)
+    end = answer.find("\n", m.end())
+    end = len(answer) if end < 0 else end  # the end of the result's line
+
+    def copy(value):
+        return value + answer[m.end(1):m.start(2)] + (value if echo else m.group(2)) + answer[m.end():end]
+
+    deltas = rng.sample([d for d in MC_OFFSETS if int(r) + d >= 0], k)
+    return answer[:m.start(1)], [answer[m.start(1):end]] + [copy(str(int(r) + d)) for d in deltas]
+
+
+def choice_logliks(model, context, choices):
+    """Summed log-probability of each continuation in `choices` (lists of ids) after `context` (ids), in one forward
+    pass: context and choices packed in one sequence, each choice attending to the context and to itself only, at
+    the positions it would have alone, so the shared context runs once (equal to a pass per choice: tested)."""
+    n, dev = len(context), model.lm_head.weight.device
+    ids, pos, spans = list(context), list(range(n)), []
+    for c in choices:
+        spans.append((len(ids), len(c)))
+        ids, pos = ids + list(c), pos + list(range(n, n + len(c)))
+    mask = torch.zeros(len(ids), len(ids), dtype=torch.bool)
+    mask[:n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+    for s, L in spans:
+        mask[s:s + L, :n] = True
+        mask[s:s + L, s:s + L] = torch.ones(L, L, dtype=torch.bool).tril()
+    hidden = model(torch.tensor([ids], device=dev), torch.tensor([pos], device=dev), mask[None, None].to(dev),
+                   return_hidden=True)[0]
+    sums = []
+    for s, L in spans:
+        at = [n - 1] + list(range(s, s + L - 1))  # the position that predicts each token of the choice
+        logp = F.log_softmax(model.lm_head(hidden[at]).float(), dim=-1)
+        sums.append(logp.gather(1, torch.tensor(ids[s:s + L], device=dev)[:, None]).sum().item())
+    return np.array(sums)
+
+
+def wilson(k, n, z=1.96):
+    """The Wilson score interval of a binomial proportion k / n (95% for z = 1.96)."""
+    p, z2 = k / n, z * z
+    center, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [center - half, center + half]
+
+
+def eval_gsm8k_mc(model, tok, args, samples):
+    """How often the gold solution is the most likely of mc_item's 4 continuations, after the training-format
+    prompt and the shared part of the answer. acc ranks the summed log-probabilities; acc_norm divides each by its
+    continuation's length in characters, as lm-evaluation-harness's acc_norm does (len of the choice string, not
+    tokens or bytes). The gold counts as chosen only when strictly ahead."""
+    questions, hits, n, t0 = gsm8k_questions(args), np.zeros(2, dtype=np.int64), 0, time.time()
+    for i, d in enumerate(questions):
+        item = mc_item(d["answer"], random.Random(i))  # seeded by the question's index: the same copies every run
+        if item is not None:
+            context, choices = item
+            ids = tok.encode(gsm8k_prompt(d["question"]), bos=tok.add_bos) + tok.encode(" " + context)
+            ll = choice_logliks(model, ids, [tok.encode(c) for c in choices])
+            won = [bool(s[0] > s[1:].max()) for s in (ll, ll / np.array([len(c) for c in choices]))]
+            hits, n = hits + won, n + 1
+            samples.append({"task": "gsm8k_mc", "index": i, "loglik": ll.tolist(), "acc": won[0], "acc_norm": won[1]})
+        progress("gsm8k_mc", i + 1, len(questions), t0)
+    if n == 0:
+        raise ValueError("gsm8k_mc: none of these questions has an intermediate integer result to alter")
+    return {"n": n, "choices": 4, "scored": "to the end of the altered line", "acc": hits[0] / n, "acc_norm": hits[1] / n,
+            "acc_norm_ci95": wilson(int(hits[1]), n)}
 
 
 # -----------------------------------------------------------------------------
@@ -218,6 +383,37 @@ def perplexity(model, tok, text, args):
     n_bytes = len(tok.decode(ids[1:]).encode("utf-8"))
     return {"tokens": count, "bytes": n_bytes, "window": window, "stride": stride,
             "ppl": math.exp(nats / count), "bpb": nats / (math.log(2) * n_bytes)}
+
+
+def kl_to_base(model, base, ids, window, stride, chunk=256):
+    """Mean KL(base || model) = sum_v p_base(v) log(p_base(v) / p_model(v)) per target of ids, over perplexity's
+    sliding windows, and each model's NLL on the same targets. Unlike a perplexity ratio, it is zero only when the
+    model predicts every next token as the base did, and a model that lowers the held-out NLL still pays for every
+    distribution it moved. chunk: positions per full-vocabulary log-softmax (memory)."""
+    dev, sums, count = model.lm_head.weight.device, np.zeros(3), 0  # sums: KL, model NLL, base NLL
+    for b, e, k in windows(len(ids), window, stride):
+        x, y = torch.tensor([ids[b:e - 1]], device=dev), torch.tensor(ids[e - k:e], device=dev)[:, None]
+        hm, hb = (m(x, return_hidden=True)[0, -k:] for m in (model, base))
+        for s in range(0, k, chunk):
+            lm, lb = (F.log_softmax(m.lm_head(h[s:s + chunk]).float(), dim=-1) for m, h in ((model, hm), (base, hb)))
+            sums += [(lb.exp() * (lb - lm)).sum().item(), -lm.gather(1, y[s:s + chunk]).sum().item(),
+                     -lb.gather(1, y[s:s + chunk]).sum().item()]
+        count += k
+    kl, nll, base_nll = sums / count
+    return {"tokens": count, "kl": kl, "ppl": math.exp(nll), "base_ppl": math.exp(base_nll),
+            "ratio": math.exp(nll - base_nll)}
+
+
+def eval_kl(model, tok, text, args):
+    """KL(base || model) on the held-out text, with both models in memory (a second copy of the weights)."""
+    base, base_tok = load_checkpoint(args.base, args.device, DTYPES[args.dtype])
+    if base_tok.fingerprint != tok.fingerprint:
+        raise ValueError(f"kl compares next-token distributions: --base={args.base} must share the model's tokenizer")
+    ids = tok.encode(text, bos=tok.add_bos)[:args.ppl_tokens + 1 if args.ppl_tokens else None]
+    window = min(args.ppl_window, model.config.block_size, base.config.block_size)
+    stride = min(args.ppl_stride or window // 2, window)
+    return {"source": args.ppl_data, "window": window, "stride": stride,
+            **kl_to_base(model, base, ids, window, stride)}
 
 
 # -----------------------------------------------------------------------------
@@ -380,10 +576,10 @@ def run_meta(path):
 def evaluate(args):
     tasks, t0 = args.tasks.split(","), time.time()
     out = args.out or (args.model if os.path.isdir(args.model) else os.path.join("out", "eval-" + re.sub(r"\W", "_", args.model)))
-    if "ppl" in tasks:
+    if "ppl" in tasks or "kl" in tasks:
         text = heldout_text(args.ppl_data)
     result = {"model": args.model, "base": args.base, **run_meta(args.model), "limit": args.limit, "gen_limit": args.gen_limit,
-              "dtype": args.dtype, "device": args.device}
+              "split": args.split, "dtype": args.dtype, "device": args.device}
     samples = []
     with torch.inference_mode():
         model, tok = load_checkpoint(args.model, args.device, DTYPES[args.dtype])
@@ -391,8 +587,14 @@ def evaluate(args):
             result["gsm8k"] = eval_gsm8k(model, tok, args, samples)
         if "gsm8k_nll" in tasks:
             result["gsm8k_nll"] = eval_gsm8k_nll(model, tok, args)
+        if "gsm8k_classes" in tasks:
+            result["gsm8k_classes"] = eval_gsm8k_classes(model, tok, args)
+        if "gsm8k_mc" in tasks:
+            result["gsm8k_mc"] = eval_gsm8k_mc(model, tok, args, samples)
         if "humaneval" in tasks:
             result["humaneval"] = eval_humaneval(model, tok, args, samples)
+        if "kl" in tasks:
+            result["kl"] = eval_kl(model, tok, text, args)
         if "ppl" in tasks:
             ppl = result["ppl"] = {"source": args.ppl_data, **perplexity(model, tok, text, args)}
             if args.base:
@@ -426,19 +628,36 @@ def compare(paths, plot):
     if not runs:
         raise SystemExit(f"no eval.json in {' '.join(paths)}: run python eval.py --model=<run dir> first")
 
-    def get(r, task, key, fmt):
-        v = r.get(task, {}).get(key) if task else r.get(key)
-        return "–" if v is None else format(v, fmt) if fmt else str(v)
-
-    cols = ["run", "rule", "signal", "steps", "GSM8K strict", "GSM8K flexible", "answer NLL", "HumanEval pass@1",
-            "held-out ppl", "Δppl vs base"]
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    columns = [c for c in COLUMNS if any(measure(r, c) is not None for _, r in runs)]  # what some run has
+    head = ["run", "rule", "signal", "steps"] + [c[0] for c in columns]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for name, r in runs:
-        row = [name, get(r, None, "rule", ""), get(r, None, "signal", ""), get(r, None, "steps", ""),
-               get(r, "gsm8k", "strict_match", ".1%"), get(r, "gsm8k", "flexible_extract", ".1%"),
-               get(r, "gsm8k_nll", "nll", ".3f"), get(r, "humaneval", "pass@1", ".1%"), get(r, "ppl", "ppl", ".2f"),
-               get(r, "ppl", "delta", "+.2f")]
-        print("| " + " | ".join(row) + " |")
+        meta = ["–" if r.get(k) is None else str(r[k]) for k in ("rule", "signal", "steps")]
+        cells = ["–" if measure(r, c) is None else format(measure(r, c), c[3]) for c in columns]
+        print("| " + " | ".join([name] + meta + cells) + " |")
+    plot_measures(runs, columns, plot)
+
+
+# (column, eval.json task, key or (key, subkey), format): the table's and the figure's measures, in this order
+COLUMNS = [("GSM8K strict", "gsm8k", "strict_match", ".1%"), ("GSM8K flexible", "gsm8k", "flexible_extract", ".1%"),
+           ("answer NLL", "gsm8k_nll", "nll", ".3f"), ("NLL all", "gsm8k_classes", "nll", ".3f"),
+           *[(f"NLL {c}", "gsm8k_classes", (c, "nll"), ".3f") for c in CLASSES],
+           ("MC acc", "gsm8k_mc", "acc", ".1%"), ("MC acc_norm", "gsm8k_mc", "acc_norm", ".1%"),
+           ("HumanEval pass@1", "humaneval", "pass@1", ".1%"), ("held-out ppl", "ppl", "ppl", ".2f"),
+           ("Δppl vs base", "ppl", "delta", "+.2f"), ("KL(base‖model)", "kl", "kl", ".4f"),
+           ("ppl / base", "kl", "ratio", ".4f")]
+
+
+def measure(r, column):
+    """One eval.json's value for a COLUMNS entry, or None."""
+    v = r.get(column[1]) or {}
+    for k in column[2] if isinstance(column[2], tuple) else (column[2],):
+        v = v.get(k) if isinstance(v, dict) else None
+    return v
+
+
+def plot_measures(runs, columns, plot):
+    """One bar chart per measure, a bar per run; MC acc_norm with its 95% Wilson interval."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -446,17 +665,32 @@ def compare(paths, plot):
     except ImportError:
         print(f"no plot: {plot} needs matplotlib (pip install matplotlib)", file=sys.stderr)
         return
-    points = [(name, r["ppl"]["ratio"], r["gsm8k_nll"]["nll"]) for name, r in runs
-              if r.get("ppl", {}).get("ratio") is not None and "gsm8k_nll" in r]
-    if not points:
-        print("no run has both a ppl ratio (needs --base) and gsm8k_nll: no plot", file=sys.stderr)
+    if not columns:
+        print("no measure to plot", file=sys.stderr)
         return
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, x, y in points:
-        ax.scatter(x, y)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set(xlabel="held-out ppl / base ppl  (forgot more →)", ylabel="GSM8K answer NLL, nats/token  (learned more ↓)",
-           title="learn vs forget")
+    cols = min(4, len(columns))
+    rows = math.ceil(len(columns) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.35 * len(runs) * rows + 1.6 * rows), squeeze=False)
+    names = [name for name, _ in runs]
+    for ax, c in zip(axes.flat, columns):
+        got = [(i, measure(r, c), r.get(c[1], {}).get(f"{c[2]}_ci95") if isinstance(c[2], str) else None)
+               for i, (_, r) in enumerate(runs) if measure(r, c) is not None]
+        y, x, ci = zip(*got)
+        err = None if None in ci else [[v - lo for v, (lo, _) in zip(x, ci)], [hi - v for v, (_, hi) in zip(x, ci)]]
+        ax.barh(y, x, xerr=err, color=[f"C{i}" for i in y], capsize=3)
+        for i, v in zip(y, x):
+            ax.annotate(format(v, c[3]), (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        # zoomed on the values: differences between runs are small next to the values themselves
+        ends = list(x) + ([b for pair in ci for b in pair] if err else [])
+        lo, hi = min(ends), max(ends)
+        pad = 0.3 * (hi - lo) or 0.05 * abs(hi) or 1e-3
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_yticks(range(len(names)), names if ax.get_subplotspec().colspan.start == 0 else [""] * len(names),
+                      fontsize=8)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_title(c[0], fontsize=9)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(plot, dpi=120)
     print(f"saved {plot}", file=sys.stderr)
@@ -465,14 +699,16 @@ def compare(paths, plot):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="checkpoint: run folder, HF folder, .gguf, hub name or smollm2-gguf")
-    p.add_argument("--base", help="base model for the held-out ppl comparison")
+    p.add_argument("--base", help="base model for the held-out ppl comparison and kl (needed by kl)")
     p.add_argument("--tasks", default="gsm8k,gsm8k_nll,humaneval,ppl", help=f"comma-separated from {','.join(TASKS)}")
     p.add_argument("--limit", type=int, help="first N GSM8K test questions / HumanEval problems")
     p.add_argument("--gen_limit", type=int, help="lower limit for the generation tasks gsm8k and humaneval")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="questions of gsm8k_nll, gsm8k_classes, gsm8k_mc: the test split, or its last 319 (val)")
     p.add_argument("--shots", type=int, default=5, help="GSM8K shots: 5 (lm-eval) or 0 (training format)")
     p.add_argument("--out", help="folder for eval.json (default: the --model folder)")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="print a table across run folders and plot")
-    p.add_argument("--plot", default="learn_vs_forget.png", help="scatter plot written by --compare")
+    p.add_argument("--plot", default="compare.png", help="figure written by --compare: one bar chart per measure")
     p.add_argument("--device", default="", help="'' = cuda if available, else cpu")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--batch_size", type=int, default=8)
@@ -503,6 +739,8 @@ def main(argv=None):
             p.error(f"--{name} must be a positive integer")
     if args.gen_limit is None or (args.limit and args.limit < args.gen_limit):
         args.gen_limit = args.limit
+    if "kl" in args.tasks.split(",") and not args.base:
+        p.error("--tasks=kl measures KL(base || model): pass --base")
     if args.shots < 0 or args.he_timeout <= 0:
         p.error("--shots must be >= 0 and --he_timeout > 0")
     return evaluate(args)

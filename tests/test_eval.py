@@ -162,7 +162,7 @@ def test_answer_nll_by_hand(tiny):
     _, model, tok = tiny
     test = gsm8k("test")[:2]
     with torch.no_grad():
-        got = E.eval_gsm8k_nll(model, tok, SimpleNamespace(limit=2, batch_size=2))
+        got = E.eval_gsm8k_nll(model, tok, SimpleNamespace(limit=2, split="test", batch_size=2))
         nats, count = 0.0, 0
         for d in test:
             prompt = tok.encode("Question: " + d["question"] + "\nAnswer:", bos=tok.add_bos)
