@@ -1,18 +1,18 @@
 """
-Token-weighted supervised fine-tuning in one file: SFT, DFT, InfoSFT, ProFit and PriFT (see weights.py).
+Token-weighted supervised fine-tuning in one file: SFT, DFT, InfoSFT, ProFit and PriFT (the rules: weights.py).
 
 $ python train.py                                        # SmolLM2-135M-Instruct (embedded GGUF), GSM8K, SFT, on the CPU
 $ python train.py config/gsm8k_smollm2.py --rule=dft     # a config file, then overrides, applied in order
 $ torchrun --standalone --nproc_per_node=8 train.py --init_from=meta-llama/Llama-3.2-1B --rule=dft --signal_model=prior
 
-Every optimizer step's loss is sum_t w_t * CE_t * m_t / (supervised tokens of the whole step, all
-micro-batches and all ranks); METHODS.md says how each official code normalises instead. Writes out_dir/ckpt.pt (+ tokenizer files,
-config.json) that model.load_checkpoint and eval.py read, and out_dir/log.jsonl with one line per step.
+Read the config, then main(): setup in a dozen lines, then the training loop. Every optimizer step's loss is
+sum_t w_t * CE_t * m_t / (supervised tokens of the whole step, all micro-batches and all ranks); METHODS.md says
+how each official code normalises instead. Writes out_dir/ckpt.pt (+ tokenizer files, config.json) that
+model.load_checkpoint and eval.py read, and out_dir/log.jsonl with one line per step.
 """
 import ast
 import dataclasses
 import difflib
-import hashlib
 import json
 import math
 import os
@@ -28,10 +28,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import weights
+from data.loader import Batches, load_split, make_batch, plan_batches, prior_cache
 from model import load_checkpoint, read_run_checkpoint
 
 # -----------------------------------------------------------------------------
-# Default config. Override with config files (python assignments) and --key=value, applied in order.
+# Config: these defaults, then config files (python assignments), then --key=value, in order. main() sets the
+# module globals from them, as nanoGPT's configurator does, so the code below reads each setting by its name.
 # I/O
 out_dir = 'out'
 init_from = 'smollm2-gguf'  # the embedded SmolLM2-135M-Instruct GGUF, a hub name ('gpt2', 'HuggingFaceTB/SmolLM2-135M',
@@ -43,8 +45,17 @@ log_interval = 1  # steps between console lines; log.jsonl gets every step
 # data
 dataset = 'gsm8k'  # gsm8k, a local .jsonl/.json/.parquet file or folder, or a hub name (see data/prepare.py)
 data_dir = ''  # prepared folder; '' = data/prepare.py's folder for this dataset and tokenizer (made if missing)
+prompt_field = ''  # with response_field: the record fields of prompt/response data; '' = found by name (prepare.FORMATS)
+response_field = ''
+messages_field = ''  # the field of chat data; '' = 'messages' or ShareGPT's 'conversations', when present
+prompt_template = 'Question: {prompt}\nAnswer:'  # prompt/response text (the GSM8K evaluation format by default)
+response_template = ' {response}'
+pair_chat = False  # render prompt/response pairs as a chat ([system_prompt,] user, assistant) with the chat template
+system_prompt = ''  # with pair_chat: a system message first
+chat_template = ''  # a .jinja file; '' = the model's own chat template (ChatML if it has none)
 block_size = 1024  # longest example in tokens (longer ones are clipped at the end)
 max_examples = 0  # train on the first N examples only; 0 = all
+data_seed = 0  # with max_examples: 0 = the first N; > 0 = N drawn at random with this seed (seeds that resample data)
 batch_tokens = 8192  # padded tokens (rows x longest row) per micro-batch
 grad_accum = 4  # micro-batches per optimizer step, over all ranks together (must divide by the number of ranks)
 bucket_window = 1024  # shuffled examples sorted by length together: larger wastes less padding, shuffles less
@@ -53,10 +64,11 @@ rule = 'sft'  # sft | dft | infosft | profit | prift
 signal_model = 'online'  # which model gives p: online = the model being trained | prior = the frozen initial model
 infosft_P = 0.93
 profit_tau = 0.1
-profit_tau_high = -1.0  # upper bound of profit_direction='middle'; < 0 = unset
+profit_tau_high = 1.0  # upper bound of profit_direction='middle'
 profit_direction = 'higher'  # higher | lower | middle | random
 prift_mode = 'mass'  # mass | prob
 prift_tau = 0.5
+loss = 'fused'  # fused: weights.weighted_loss, chunked (fast) | reference: weights.reference_loss (plain autograd)
 # optimizer and schedule
 learning_rate = 5e-5
 min_lr_ratio = 0.1  # cosine decay ends at learning_rate * min_lr_ratio
@@ -75,10 +87,159 @@ dtype = 'auto'  # autocast compute dtype: auto | bfloat16 | float32 (weights, op
 compile = True  # torch.compile on CUDA. The CPU stays eager: compiling SmolLM2-135M took ~170 s for no steady-state gain
 peak_flops = 0.0  # for MFU; 0 = the GPU's datasheet bf16 peak, or the CPU's matmul rate measured at start
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (bool, int, float, str)}
-HYPER = ('infosft_P', 'profit_tau', 'profit_tau_high', 'profit_direction', 'prift_mode', 'prift_tau')
 RENAMED = {'signal': ('signal_model', "torchrun would take --signal for its own --signals-to-handle")}
 RESUME_FREE = ('resume', 'compile', 'eval_interval', 'log_interval', 'device')  # may change when resuming
 
+
+def main(argv):
+    globals().update(configure(argv))
+    hyper = check_config()  # the rule's knobs; bad settings fail here, before any work
+    proc = setup_process()  # ranks, device, compute dtype, seeds
+    ckpt = read_resume_checkpoint() if resume else None
+    raw_model, tokenizer, train, val = load_model_and_data(proc)
+    batches = Batches(train['b'] - train['a'] - 1, batch_tokens, bucket_window, seed)
+    steps = max_steps or max(1, math.ceil(epochs * batches.per_epoch / grad_accum))
+    warmup_steps = int(warmup * steps) if warmup < 1 else int(warmup)
+    params = [p for p in raw_model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, proc)
+    step = restore(ckpt, raw_model, optimizer, batches, proc) if ckpt else 0
+    del ckpt
+    raw_model.train()
+    fwd = torch.compile(raw_model) if compile and proc.device_type == 'cuda' else raw_model
+    ranks = [int(os.environ['LOCAL_RANK'])] if proc.device_type == 'cuda' else None
+    model = DDP(fwd, device_ids=ranks) if proc.ddp else fwd
+    n_params, peak = sum(p.numel() for p in params), peak_flops or default_peak(proc)
+    val_batches = plan_batches(val['b'] - val['a'] - 1, batch_tokens, len(val['a']), np.random.default_rng(0))
+    info = dict(rule=rule, signal=proc.reads, hyper=hyper, init_from=init_from, dataset=dataset, max_steps=steps,
+                seed=seed)  # config.json, beside each checkpoint: what eval.py reports
+    start_log(proc, step, tokenizer, f"{init_from}: {n_params / 1e6:.1f}M params on {proc.dev} x{proc.world}, "
+              f"{proc.compute_dtype}; {len(train['a'])} train examples, {batches.per_epoch} micro-batches/epoch; "
+              f"rule {rule} ({proc.reads or 'no signal'}), {loss} loss; {steps} steps")
+
+    def checkpoint(save):  # held-out loss, logged; then, with save, ckpt.pt and config.json
+        val_loss = evaluate(fwd, raw_model, val, val_batches, proc)
+        log(proc, {'step': step, 'val_loss': val_loss, 'elapsed': time.time() - t_start},
+            f"step {step}: val loss {val_loss:.4f}" + (f", saving {out_dir}/ckpt.pt" if save else ""))
+        if save:
+            save_checkpoint(raw_model, optimizer, step, batches, proc, dict(info, steps=step))
+
+    t_start, t_steps = time.time(), []
+    if step == 0 and eval_interval:
+        checkpoint(save=False)
+    # -------------------------------------------------------------------------------------------- the training loop
+    while step < steps:
+        t0 = time.time()
+        lr = lr_at(step, steps, warmup_steps)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        mine = batches.next_step(grad_accum)[proc.rank::proc.world]  # this rank's share of the step's micro-batches
+        micro = [make_batch(train, rows, proc.dev) for rows in mine]
+        # N, the loss's denominator: the supervised tokens of the WHOLE step (all micro-batches, all ranks), counted
+        # before any is run, so that every token weighs 1/N whichever micro-batch or rank it lands in
+        n_tokens = int(all_sum(torch.tensor(sum(int(b['m'].sum()) for b in micro), device=proc.dev), proc).item())
+        sums = dict(loss=0.0, ce_sum=0.0, weight_sum=0.0, kept=0.0, tokens=0.0,
+                    inputs=float(sum(batches.lengths[rows].sum() for rows in mine)))  # inputs: for tokens/s and MFU
+        for k, batch in enumerate(micro):
+            # DDP all-reduces the gradients at every backward; only the last micro-batch's needs to
+            with model.no_sync() if proc.ddp and k < len(micro) - 1 else nullcontext():
+                with proc.autocast:
+                    micro_loss, stats = loss_of(model, raw_model, batch, n_tokens, hyper)
+                # DDP averages the gradients over ranks, but micro_loss is already a share of the global mean over
+                # N: multiplying by world undoes the average, so the step's gradient equals one process's
+                (micro_loss * proc.world).backward()
+            for key, value in dict(stats, loss=micro_loss.detach()).items():
+                sums[key] += value
+        totals = sum_over_ranks(sums, proc)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float('inf')).item()
+        if not (math.isfinite(totals['loss']) and math.isfinite(grad_norm)):
+            raise SystemExit(f"step {step + 1}: loss {totals['loss']} / grad norm {grad_norm} is not finite; stopped "
+                             f"without saving, the last good checkpoint is {out_dir}/ckpt.pt (lower learning_rate?)")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        t_steps.append(seconds_since(t0, proc))
+        report(step, steps, totals, lr, grad_norm, t_steps, t_start, 6 * n_params / peak, proc)
+        if (eval_interval and step % eval_interval == 0) or step == steps:
+            checkpoint(save=True)
+    if proc.ddp:
+        dist.destroy_process_group()
+
+
+def check_config():
+    """The rule's knobs, as weights.token_weights takes them, once every setting is known to be valid."""
+    hyper = {k: globals()[k] for k in weights.DEFAULTS}
+    try:
+        weights.check_rule(rule, signal_model, **hyper)
+    except ValueError as e:
+        raise SystemExit(f"config: {e}")
+    if dtype not in ('auto', 'bfloat16', 'float32'):
+        raise SystemExit(f"dtype={dtype!r}: use auto, bfloat16 or float32 (float16 would need loss scaling)")
+    if loss not in ('fused', 'reference'):
+        raise SystemExit(f"loss={loss!r}: use fused (weights.weighted_loss) or reference (weights.reference_loss)")
+    return hyper
+
+
+def loss_of(model, raw_model, batch, n_tokens, hyper):
+    """This micro-batch's share of the step's loss, and its stats (weights.py): the fused, chunked loss, or the
+    reference loss over the full logits (slower, more memory, the same numbers; tests prove it)."""
+    prior = batch.get('p'), batch.get('u')
+    if loss == 'reference':
+        return weights.reference_loss(model(batch['x']), batch['y'], batch['m'], n_tokens, rule, signal_model,
+                                      *prior, **hyper)
+    h = model(batch['x'], return_hidden=True)
+    return weights.weighted_loss(h, raw_model.lm_head.weight, batch['y'], batch['m'], n_tokens, rule, signal_model,
+                                 *prior, **hyper)
+
+
+def lr_at(step, steps, warmup_steps):
+    """Linear warmup, then cosine decay to learning_rate * min_lr_ratio."""
+    if step < warmup_steps:
+        return learning_rate * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return learning_rate * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def evaluate(fwd, raw_model, val, val_batches, proc):
+    """Plain CE per supervised token of the held-out subset, over all ranks: the same measure for every rule."""
+    sums = torch.zeros(2, dtype=torch.float64, device=proc.dev)
+    for rows in val_batches[proc.rank::proc.world]:
+        batch = make_batch(val, rows, proc.dev)
+        with proc.autocast:
+            h = fwd(batch['x'], return_hidden=True)
+            _, st = weights.weighted_loss(h, raw_model.lm_head.weight, batch['y'], batch['m'], int(batch['m'].sum()))
+        sums += torch.stack([st['ce_sum'].double(), st['tokens'].double().to(proc.dev)])
+    all_sum(sums, proc)
+    return (sums[0] / sums[1]).item()
+
+
+def sum_over_ranks(sums, proc):
+    """The step's accumulators summed over ranks, in one all-reduce, as floats."""
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=proc.dev) for v in sums.values()])
+    return dict(zip(sums, all_sum(values, proc).tolist()))
+
+
+def seconds_since(t0, proc):
+    if proc.device_type == 'cuda':
+        torch.cuda.synchronize(proc.dev)  # CUDA runs asynchronously: wait for the step before reading the clock
+    return time.time() - t0
+
+
+def report(step, steps, totals, lr, grad_norm, t_steps, t_start, flops_per_token_over_peak, proc):
+    """One log.jsonl line per step; a console line every log_interval steps."""
+    n, dt = totals['tokens'], t_steps[-1]
+    rec = {'step': step, 'loss': totals['loss'], 'ce': totals['ce_sum'] / n, 'weight': totals['weight_sum'] / n,
+           'kept': totals['kept'] / n, 'lr': lr, 'grad_norm': grad_norm, 'tokens_per_s': totals['inputs'] / dt,
+           'mfu': totals['inputs'] / dt * flops_per_token_over_peak, 'elapsed': time.time() - t_start}
+    eta = sum(t_steps) / len(t_steps) * (steps - step)
+    line = (f"step {step}/{steps} | loss {rec['loss']:.4f} ce {rec['ce']:.4f} w {rec['weight']:.3f} kept "
+            f"{rec['kept']:.3f} | lr {lr:.2e} | gnorm {grad_norm:.2f} | {rec['tokens_per_s']:.0f} tok/s, mfu "
+            f"{100 * rec['mfu']:.1f}% | {rec['elapsed'] / 60:.1f} min, eta {eta / 60:.1f} min")
+    log(proc, rec, line if step % log_interval == 0 or step == steps else None)
+
+
+# -----------------------------------------------------------------------------
+# Config
 
 def configure(argv):
     """DEFAULTS updated by config files and --key=value in order; unknown keys and wrong types are errors."""
@@ -120,104 +281,89 @@ def configure(argv):
 
 
 # -----------------------------------------------------------------------------
-# Data: prepared splits (data/prepare.py) as memmaps; variable-length examples bucketed by length
+# Setup: processes, model, data, optimizer
 
-def load_split(folder, split, block_size, limit=0):
-    """Examples [a, b) of one split with at least one supervised target, cropped to block_size inputs."""
-    paths = {s: os.path.join(folder, f'{split}.{s}') for s in ('ids.bin', 'mask.bin', 'offsets.npy')}
-    for path in paths.values():
-        if not os.path.exists(path):
-            raise SystemExit(f"missing {path}: prepare the data with data/prepare.py (or fix --data_dir)")
-    offsets = np.load(paths['offsets.npy']).astype(np.int64)
-    if len(offsets) < 2 or offsets[-1] == 0:
-        raise SystemExit(f"{folder}: the {split} split has no examples; check the dataset and re-run data/prepare.py")
-    ids = np.memmap(paths['ids.bin'], dtype=np.uint32, mode='r')
-    mask = np.memmap(paths['mask.bin'], dtype=np.uint8, mode='r')
-    if len(ids) != offsets[-1] or len(mask) != len(ids):
-        raise SystemExit(f"{folder}: {split} ids/mask/offsets sizes disagree; re-run data/prepare.py")
-    a = offsets[:-1]
-    b = np.minimum(offsets[1:], a + block_size + 1)
-    supervised = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
-    keep = np.flatnonzero((b - a >= 2) & (supervised[b] - supervised[np.minimum(a + 1, b)] > 0))
-    if limit:
-        keep = keep[:limit]
-    if len(keep) == 0:
-        raise SystemExit(f"{folder}: no {split} example has a supervised token; re-run data/prepare.py")
-    return dict(ids=ids, mask=mask, a=a[keep], b=b[keep], index=keep, prior=None)
-
-
-def plan_batches(lengths, batch_tokens, window, rng):
-    """Micro-batches (arrays of example indices): shuffle, sort each window by length, cut each window into
-    batches of at most batch_tokens padded tokens, shuffle the batches. Same rng state, same plan."""
-    order = rng.permutation(len(lengths))
-    batches = []
-    for w in range(0, len(order), window):
-        chunk = order[w:w + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind='stable')]
-        start = 0
-        for i in range(1, len(chunk) + 1):  # ascending lengths: the newest example is the longest of the batch
-            if i == len(chunk) or (i + 1 - start) * lengths[chunk[i]] > batch_tokens:
-                batches.append(chunk[start:i])
-                start = i
-    return [batches[j] for j in rng.permutation(len(batches))]
+def setup_process():
+    """Rank, world size, device, compute dtype and seeds: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process
+    otherwise. reads: the signal the rule really reads (None, 'online' or 'prior')."""
+    dev = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    ddp, rank, world = int(os.environ.get('WORLD_SIZE', 1)) > 1, 0, 1
+    if ddp:
+        dist.init_process_group('nccl' if dev.startswith('cuda') else 'gloo')
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if dev.startswith('cuda'):
+            dev = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(dev)
+    if grad_accum % world:
+        raise SystemExit(f"grad_accum={grad_accum} must be a multiple of the {world} ranks")
+    device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
+    compute_dtype = dtype if dtype != 'auto' else 'bfloat16' if native_bf16(device_type) else 'float32'
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if compute_dtype == 'bfloat16' else nullcontext()
+    for seeded in (torch.manual_seed, random.seed, np.random.seed):
+        seeded(seed + rank)
+    return types.SimpleNamespace(ddp=ddp, rank=rank, world=world, master=rank == 0, dev=dev, device_type=device_type,
+                                 compute_dtype=compute_dtype, autocast=autocast,
+                                 reads=weights.signal_of(rule, signal_model))
 
 
-def make_batch(data, rows, device):
-    """x, y, m (+ prior p, u) tensors (B, T) with right padding; padded and prompt targets have m = 0."""
-    a, b = data['a'][rows], data['b'][rows]
-    B, T = len(rows), int((b - a).max()) - 1
-    x, y = np.zeros((B, T), np.int64), np.zeros((B, T), np.int64)
-    m = np.zeros((B, T), np.float32)
-    prior = data['prior']
-    p, u = (np.zeros((B, T), np.float32) for _ in range(2))
-    for r in range(B):
-        n = b[r] - a[r] - 1
-        x[r, :n], y[r, :n], m[r, :n] = data['ids'][a[r]:b[r] - 1], data['ids'][a[r] + 1:b[r]], data['mask'][a[r] + 1:b[r]]
-        if prior is not None:
-            p[r, :n], u[r, :n] = prior[0][a[r] + 1:b[r]], prior[1][a[r] + 1:b[r]]
-    batch = dict(x=x, y=y, m=m, p=p, u=u) if prior is not None else dict(x=x, y=y, m=m)
-    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+def all_sum(t, proc):
+    """t summed over ranks, in place."""
+    if proc.ddp:
+        dist.all_reduce(t)
+    return t
 
 
-def prior_cache(model, data, folder, tok_fingerprint, batch_tokens, device, autocast):
-    """(p_ref, u_ref) per target token of the frozen initial model, aligned with data['ids'] (0 where unsupervised).
-    Kept beside the prepared data and keyed by the weights, tokenizer and data files, so a stale cache is never
-    used; only the examples this run trains on are computed (and remembered for later runs)."""
-    key = hashlib.sha256(tok_fingerprint.encode())
-    for name, t in model.state_dict().items():
-        key.update(name.encode())
-        key.update(t.detach().float().cpu().numpy().tobytes())
-    for s in ('ids.bin', 'mask.bin', 'offsets.npy'):
-        st = os.stat(os.path.join(folder, f'train.{s}'))
-        key.update(f'{s}:{st.st_size}:{st.st_mtime_ns}'.encode())
-    cache = os.path.join(folder, f'prior-{key.hexdigest()[:16]}')
-    os.makedirs(cache, exist_ok=True)
-    n_tok = len(data['ids'])
-    files = [os.path.join(cache, f) for f in ('p.npy', 'u.npy', 'done.npy')]
-    if not os.path.exists(files[2]):
-        for f in files[:2]:
-            np.lib.format.open_memmap(f, mode='w+', dtype=np.float32, shape=(n_tok,)).flush()
-        np.save(files[2], np.zeros(len(np.load(os.path.join(folder, 'train.offsets.npy'))) - 1, bool))
-    done = np.load(files[2])
-    todo = np.flatnonzero(~done[data['index']])
-    if len(todo):
-        print(f"prior signals: a no-grad pass of the initial model over {len(todo)} examples -> {cache}")
-        P, U = (np.lib.format.open_memmap(f, mode='r+') for f in files[:2])
-        sub = dict(data, a=data['a'][todo], b=data['b'][todo], prior=None)
-        for rows in plan_batches(sub['b'] - sub['a'], batch_tokens, len(todo), np.random.default_rng(0)):
-            batch = make_batch(sub, rows, device)
-            with torch.no_grad(), autocast:
-                h = model(batch['x'], return_hidden=True)
-                p, u = weights.target_signals(h, model.lm_head.weight, batch['y'])
-            p, u = (t.mul(batch['m']).cpu().numpy() for t in (p, u))
-            for r, i in enumerate(rows):
-                a, n = sub['a'][i], sub['b'][i] - sub['a'][i] - 1
-                P[a + 1:a + 1 + n], U[a + 1:a + 1 + n] = p[r, :n], u[r, :n]
-        P.flush(), U.flush()
-        done[data['index'][todo]] = True
-        np.save(files[2] + '.tmp.npy', done)  # marked done only after the values are on disk
-        os.replace(files[2] + '.tmp.npy', files[2])
-    return tuple(np.load(f, mmap_mode='r') for f in files[:2])
+def load_model_and_data(proc):
+    """The initial model (float32 master weights), its tokenizer, and the train/val splits prepared for that
+    tokenizer; with the prior signal, the frozen initial model's p and u for every training target."""
+    try:
+        model, tokenizer = load_checkpoint(init_from, device=proc.dev, dtype=torch.float32)
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
+        raise SystemExit(f"init_from={init_from!r}: {e}")
+    max_len = min(block_size, model.config.block_size)
+    folder = data_dir
+    if not folder:  # rank 0 tokenizes (once: prepare reuses a folder made with the same settings), then the others
+        from data.prepare import prepare
+        for turn in (True, False):
+            if proc.master == turn:
+                try:
+                    folder = prepare(dataset, tokenizer, block_size=max_len, prompt_field=prompt_field or None,
+                                     response_field=response_field or None, messages_field=messages_field or None,
+                                     prompt_template=prompt_template, response_template=response_template,
+                                     chat_template=chat_template or None, pair_chat=pair_chat,
+                                     system_prompt=system_prompt)
+                except (ValueError, FileNotFoundError, ConnectionError) as e:
+                    raise SystemExit(f"data: {e}")
+            if proc.ddp:
+                dist.barrier()
+    meta_path = os.path.join(folder, 'meta.json')
+    if not os.path.exists(meta_path):
+        raise SystemExit(f"missing {meta_path}: prepare the data with data/prepare.py (or fix --data_dir)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get('tokenizer') != tokenizer.fingerprint:
+        raise SystemExit(f"data prepared with tokenizer {meta.get('tokenizer')} but model uses {tokenizer.fingerprint}; "
+                         f"re-run data/prepare.py with --init_from={init_from}")
+    train = load_split(folder, 'train', max_len, 0 if data_seed else max_examples)
+    if data_seed and max_examples:  # a seeded random subset, in data order (the prior cache is keyed by index)
+        pick = np.sort(np.random.default_rng(data_seed).permutation(len(train['a']))[:max_examples])
+        train.update(a=train['a'][pick], b=train['b'][pick], index=train['index'][pick])
+    val = load_split(folder, 'val', max_len, eval_examples)
+    if proc.reads == 'prior':  # rank 0 computes the cache first; the others then read it
+        for turn in (True, False):
+            if proc.master == turn:
+                train['prior'] = prior_cache(model, train, folder, tokenizer.fingerprint, batch_tokens, proc.dev,
+                                             proc.autocast)
+            if proc.ddp and turn:
+                dist.barrier()
+    return model, tokenizer, train, val
+
+
+def make_optimizer(params, proc):
+    """AdamW with weight decay on matrices and embeddings, not on norm gains and biases (as nanoGPT)."""
+    groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=proc.device_type == 'cuda')
 
 
 def native_bf16(device_type):
@@ -229,20 +375,89 @@ def native_bf16(device_type):
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def matmul_flops(device, dtype, n=1024, reps=10, warmup=3):
+def default_peak(proc):
+    """MFU's denominator: the dense bf16 datasheet peak of an H100/H200 or A100; on the CPU, its measured matmul
+    rate in the compute dtype (no datasheet applies)."""
+    if proc.device_type == 'cuda':
+        gpu = torch.cuda.get_device_name(proc.dev)
+        return 989e12 if any(h in gpu for h in ('H100', 'H200', 'H800')) else 312e12
+    return matmul_flops(proc.dev, getattr(torch, proc.compute_dtype))
+
+
+def matmul_flops(dev, dtype, n=1024, reps=10, warm=3):
     """The measured FLOP/s of an n x n matmul: the denominator of MFU where no datasheet peak applies. The warm-up
     calls keep thread start-up and cold caches out of the timing."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(warmup):
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    for _ in range(warm):
         a @ b
-    if device.startswith('cuda'):
-        torch.cuda.synchronize(device)
+    if dev.startswith('cuda'):
+        torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    if device.startswith('cuda'):
-        torch.cuda.synchronize(device)
+    if dev.startswith('cuda'):
+        torch.cuda.synchronize(dev)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints and logs
+
+def current_config():
+    return {k: globals()[k] for k in DEFAULTS}
+
+
+def read_resume_checkpoint():
+    """out_dir/ckpt.pt, if it was written with this same config (the settings in RESUME_FREE may change)."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.exists(path):
+        raise SystemExit(f"--resume=True but there is no {path}")
+    try:
+        ckpt = read_run_checkpoint(path)
+    except ValueError as e:
+        raise SystemExit(f"resume: {e}")
+    cfg = current_config()
+    changed = [k for k in cfg if k not in RESUME_FREE and ckpt['config'].get(k) != cfg[k]]
+    if changed:
+        k = changed[0]
+        raise SystemExit(f"resume: {k}={cfg[k]!r} but the checkpoint ran with {ckpt['config'].get(k)!r}; "
+                         f"resume with the same config (or start a new out_dir)")
+    return ckpt
+
+
+def restore(ckpt, model, optimizer, batches, proc):
+    """Weights, optimizer moments, data position and every RNG as the checkpoint left them; returns its step."""
+    model.load_state_dict(ckpt['model'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    batches.load(ckpt['data'])
+    rng = ckpt['rng'][proc.rank]
+    random.setstate(rng['python'])
+    np.random.set_state(('MT19937', np.array(rng['numpy'][0], np.uint32), *rng['numpy'][1:]))
+    torch.set_rng_state(torch.tensor(rng['torch'], dtype=torch.uint8))
+    if 'cuda' in rng and proc.device_type == 'cuda':
+        torch.cuda.set_rng_state(torch.tensor(rng['cuda'], dtype=torch.uint8), proc.dev)
+    return ckpt['step']
+
+
+def save_checkpoint(model, optimizer, step, batches, proc, info):
+    """ckpt.pt (what resume needs) and config.json (what eval.py reports), both written atomically."""
+    # plain lists, so that the states of all ranks can be gathered and the checkpoint loads with weights_only
+    np_state = np.random.get_state()
+    rng = {'python': random.getstate(), 'numpy': [np_state[1].tolist(), *np_state[2:]],
+           'torch': torch.get_rng_state().tolist()}
+    if proc.device_type == 'cuda':
+        rng['cuda'] = torch.cuda.get_rng_state(proc.dev).tolist()
+    rngs = [rng]
+    if proc.ddp:
+        rngs = [None] * proc.world
+        dist.all_gather_object(rngs, rng)
+    if not proc.master:
+        return
+    ckpt = {'model': model.state_dict(), 'model_config': dataclasses.asdict(model.config),
+            'optimizer': optimizer.state_dict(), 'step': step, 'config': current_config(), 'rng': rngs,
+            'data': batches.state()}
+    atomic_save(ckpt, os.path.join(out_dir, 'ckpt.pt'))
+    atomic_save(json.dumps(info, indent=2), os.path.join(out_dir, 'config.json'))
 
 
 def atomic_save(obj, path):
@@ -258,263 +473,30 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-# -----------------------------------------------------------------------------
+def start_log(proc, step, tokenizer, header):
+    """out_dir with the tokenizer files (with ckpt.pt it is a checkpoint model.load_checkpoint reads) and a log.jsonl
+    that holds what was logged up to the step this run starts from; the run's header line on the console."""
+    if not proc.master:
+        return
+    print(header)
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer.save(out_dir)
+    path = os.path.join(out_dir, 'log.jsonl')
+    if resume and os.path.exists(path):  # drop what was logged after the checkpoint we continue from
+        with open(path) as f:
+            kept = [line for line in f if json.loads(line)['step'] <= step]
+        atomic_save(''.join(kept), path)
+    elif os.path.exists(path):
+        os.remove(path)
 
-def main(argv):
-    cfg = configure(argv)
-    c = types.SimpleNamespace(**cfg)
-    hyper = {k: cfg[k] for k in HYPER if k != 'profit_tau_high'}
-    hyper['profit_tau_high'] = c.profit_tau_high if c.profit_tau_high >= 0 else None
-    try:  # bad rule settings fail here, before any model is loaded
-        weights.check_rule(c.rule, c.signal_model, **hyper)
-    except ValueError as e:
-        raise SystemExit(f"config: {e}")
-    if c.dtype not in ('auto', 'bfloat16', 'float32'):
-        raise SystemExit(f"dtype={c.dtype!r}: use auto, bfloat16 or float32 (float16 would need loss scaling)")
-    signal = weights.signal_of(c.rule, c.signal_model)
-    use_prior = signal == 'prior'
 
-    # distributed setup: torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise
-    dev = c.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    ddp = int(os.environ.get('WORLD_SIZE', 1)) > 1
-    rank, world = 0, 1
-    if ddp:
-        dist.init_process_group('nccl' if dev.startswith('cuda') else 'gloo')
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if dev.startswith('cuda'):
-            dev = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(dev)
-    if c.grad_accum % world:
-        raise SystemExit(f"grad_accum={c.grad_accum} must be a multiple of the {world} ranks")
-    master = rank == 0
-    device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
-    compute_dtype = c.dtype if c.dtype != 'auto' else 'bfloat16' if native_bf16(device_type) else 'float32'
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if compute_dtype == 'bfloat16' else nullcontext()
-    torch.manual_seed(c.seed + rank)
-    random.seed(c.seed + rank)
-    np.random.seed(c.seed + rank)
-
-    def allsum(t):  # sums over ranks, in place
-        if ddp:
-            dist.all_reduce(t)
-        return t
-
-    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
-    ckpt = None
-    if c.resume:
-        if not os.path.exists(ckpt_path):
-            raise SystemExit(f"--resume=True but there is no {ckpt_path}")
-        try:
-            ckpt = read_run_checkpoint(ckpt_path)
-        except ValueError as e:
-            raise SystemExit(f"resume: {e}")
-        changed = [k for k in cfg if k not in RESUME_FREE and ckpt['config'].get(k) != cfg[k]]
-        if changed:
-            k = changed[0]
-            raise SystemExit(f"resume: {k}={cfg[k]!r} but the checkpoint ran with {ckpt['config'].get(k)!r}; "
-                             f"resume with the same config (or start a new out_dir)")
-
-    # model: always the initial weights first (the prior signals come from them), then the checkpoint's
-    try:
-        raw_model, tokenizer = load_checkpoint(c.init_from, device=dev, dtype=torch.float32)
-    except (FileNotFoundError, ValueError, ConnectionError) as e:
-        raise SystemExit(f"init_from={c.init_from!r}: {e}")
-    block_size = min(c.block_size, raw_model.config.block_size)
-
-    # data: prepared by data/prepare.py for this tokenizer
-    folder = c.data_dir
-    if not folder:  # rank 0 tokenizes (once: prepare reuses a folder made with the same settings), then the others
-        from data.prepare import prepare
-        for turn in (True, False):
-            if master == turn:
-                try:
-                    folder = prepare(c.dataset, tokenizer, block_size=block_size)
-                except (ValueError, FileNotFoundError, ConnectionError) as e:
-                    raise SystemExit(f"data: {e}")
-            if ddp:
-                dist.barrier()
-    meta_path = os.path.join(folder, 'meta.json')
-    if not os.path.exists(meta_path):
-        raise SystemExit(f"missing {meta_path}: prepare the data with data/prepare.py (or fix --data_dir)")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get('tokenizer') != tokenizer.fingerprint:
-        raise SystemExit(f"data prepared with tokenizer {meta.get('tokenizer')} but model uses {tokenizer.fingerprint}; "
-                         f"re-run data/prepare.py with --init_from={c.init_from}")
-    train = load_split(folder, 'train', block_size, c.max_examples)
-    val = load_split(folder, 'val', block_size, c.eval_examples)
-    if use_prior:
-        if master:
-            train['prior'] = prior_cache(raw_model, train, folder, tokenizer.fingerprint, c.batch_tokens, dev, autocast)
-        if ddp:
-            dist.barrier()
-        if not master:
-            train['prior'] = prior_cache(raw_model, train, folder, tokenizer.fingerprint, c.batch_tokens, dev, autocast)
-    train_len = train['b'] - train['a'] - 1
-    val_batches = plan_batches(val['b'] - val['a'] - 1, c.batch_tokens, len(val['a']), np.random.default_rng(0))
-
-    plans = {}
-
-    def epoch_plan(epoch):  # a pure function of (seed, epoch): the data position is just (epoch, index)
-        if epoch not in plans:
-            plans.clear()
-            plans[epoch] = plan_batches(train_len, c.batch_tokens, c.bucket_window, np.random.default_rng([c.seed, epoch]))
-        return plans[epoch]
-
-    steps = c.max_steps or max(1, math.ceil(c.epochs * len(epoch_plan(0)) / c.grad_accum))
-    warmup_steps = int(c.warmup * steps) if c.warmup < 1 else int(c.warmup)
-
-    def lr_at(step):  # linear warmup, then cosine decay to learning_rate * min_lr_ratio
-        if step < warmup_steps:
-            return c.learning_rate * (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return c.learning_rate * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    # optimizer: decay matrices and embeddings, not norm gains and biases (as nanoGPT)
-    params = [p for p in raw_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{'params': [p for p in params if p.dim() >= 2], 'weight_decay': c.weight_decay},
-                                   {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
-                                  lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=device_type == 'cuda')
-    step, pos = 0, {'epoch': 0, 'index': 0}
-    if ckpt is not None:
-        raw_model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        step, pos = ckpt['step'], dict(ckpt['data'])
-        rng = ckpt['rng'][rank]
-        random.setstate(rng['python'])
-        np.random.set_state(('MT19937', np.array(rng['numpy'][0], np.uint32), *rng['numpy'][1:]))
-        torch.set_rng_state(torch.tensor(rng['torch'], dtype=torch.uint8))
-        if 'cuda' in rng and device_type == 'cuda':
-            torch.cuda.set_rng_state(torch.tensor(rng['cuda'], dtype=torch.uint8), dev)
-        del ckpt
-    raw_model.train()
-    fwd = torch.compile(raw_model) if c.compile and device_type == 'cuda' else raw_model
-    model = DDP(fwd, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None) if ddp else fwd
-    n_params = sum(p.numel() for p in params)
-    # MFU's peak: dense bf16 of an H100/H200 or A100; on the CPU, its measured matmul rate in the compute dtype
-    gpu = torch.cuda.get_device_name(dev) if device_type == 'cuda' else ''
-    peak = c.peak_flops or (989e12 if any(h in gpu for h in ('H100', 'H200', 'H800')) else 312e12 if gpu
-                            else matmul_flops(dev, getattr(torch, compute_dtype)))
-
-    def take_step():  # the global micro-batches of one optimizer step, advancing the data position
-        batches = []
-        while len(batches) < c.grad_accum:
-            plan = epoch_plan(pos['epoch'])
-            if pos['index'] == len(plan):
-                pos['epoch'], pos['index'] = pos['epoch'] + 1, 0
-                continue
-            batches.append(plan[pos['index']])
-            pos['index'] += 1
-        return batches
-
-    @torch.no_grad()
-    def evaluate():  # plain CE per supervised token of the held-out subset, summed over ranks
-        sums = torch.zeros(2, dtype=torch.float64, device=dev)
-        for rows in val_batches[rank::world]:
-            batch = make_batch(val, rows, dev)
-            with autocast:
-                h = fwd(batch['x'], return_hidden=True)
-                _, st = weights.weighted_loss(h, raw_model.lm_head.weight, batch['y'], batch['m'], int(batch['m'].sum()))
-            sums += torch.stack([st['ce_sum'].double(), st['tokens'].double().to(dev)])
-        allsum(sums)
-        return (sums[0] / sums[1]).item()
-
-    def log(record):
-        if master:
-            with open(os.path.join(c.out_dir, 'log.jsonl'), 'a') as f:
-                f.write(json.dumps(record) + '\n')
-
-    def save():
-        # plain lists, so that the states of all ranks can be gathered and the checkpoint loads with weights_only
-        np_state = np.random.get_state()
-        rng = {'python': random.getstate(), 'numpy': [np_state[1].tolist(), *np_state[2:]],
-               'torch': torch.get_rng_state().tolist()}
-        if device_type == 'cuda':
-            rng['cuda'] = torch.cuda.get_rng_state(dev).tolist()
-        rngs = [None] * world
-        if ddp:
-            dist.all_gather_object(rngs, rng)
-        else:
-            rngs = [rng]
-        if not master:
-            return
-        ckpt = {'model': raw_model.state_dict(), 'model_config': dataclasses.asdict(raw_model.config),
-                'optimizer': optimizer.state_dict(), 'step': step, 'config': cfg, 'rng': rngs, 'data': dict(pos)}
-        atomic_save(ckpt, ckpt_path)
-        info = dict(rule=c.rule, signal=signal, hyper=hyper, init_from=c.init_from, dataset=c.dataset,
-                    steps=step, max_steps=steps, seed=c.seed)
-        atomic_save(json.dumps(info, indent=2), os.path.join(c.out_dir, 'config.json'))
-
-    if master:
-        os.makedirs(c.out_dir, exist_ok=True)
-        tokenizer.save(c.out_dir)  # with ckpt.pt, out_dir is a checkpoint that model.load_checkpoint reads
-        log_path = os.path.join(c.out_dir, 'log.jsonl')
-        if c.resume and os.path.exists(log_path):  # drop what was logged after the checkpoint we continue from
-            with open(log_path) as f:
-                kept = [line for line in f if json.loads(line)['step'] <= step]
-            atomic_save(''.join(kept), log_path)
-        elif os.path.exists(log_path):
-            os.remove(log_path)
-        print(f"{c.init_from}: {n_params / 1e6:.1f}M params on {dev} x{world}, {compute_dtype}; {len(train['a'])} train "
-              f"examples, {len(epoch_plan(0))} micro-batches/epoch; rule {c.rule} ({signal or 'no signal'}); {steps} steps")
-
-    t_start = time.time()
-    t_steps, n_timed = 0.0, 0
-    if step == 0 and c.eval_interval:
-        val_loss = evaluate()
-        log({'step': 0, 'val_loss': val_loss, 'elapsed': time.time() - t_start})
-        if master:
-            print(f"step 0: val loss {val_loss:.4f}")
-    while step < steps:
-        t0 = time.time()
-        mine = take_step()[rank::world]  # this rank's share of the step, counted before any is run
-        batches = [make_batch(train, rows, dev) for rows in mine]
-        n_tokens = int(allsum(torch.tensor(sum(int(b['m'].sum()) for b in batches), device=dev)).item())
-        lr = lr_at(step)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        sums = torch.zeros(6, dtype=torch.float64, device=dev)  # loss, ce, weight, kept, supervised, input tokens
-        sums[5] = float(sum(train_len[rows].sum() for rows in mine))
-        for k, batch in enumerate(batches):
-            sync = model.no_sync() if ddp and k < len(batches) - 1 else nullcontext()
-            with sync:
-                with autocast:
-                    h = model(batch['x'], return_hidden=True)
-                    loss, st = weights.weighted_loss(h, raw_model.lm_head.weight, batch['y'], batch['m'], n_tokens,
-                                                     c.rule, c.signal_model, batch.get('p'), batch.get('u'), **hyper)
-                (loss * world).backward()  # DDP averages gradients over ranks; the loss is already a global mean
-            sums += torch.stack([loss.detach().double(), st['ce_sum'].double(), st['weight_sum'].double(),
-                                 st['kept'].double().to(dev), st['tokens'].double().to(dev), sums.new_zeros(())])
-        allsum(sums)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float('inf')).item()
-        if not (math.isfinite(sums[0].item()) and math.isfinite(grad_norm)):
-            raise SystemExit(f"step {step + 1}: loss {sums[0].item()} / grad norm {grad_norm} is not finite; stopped "
-                             f"without saving, the last good checkpoint is {ckpt_path} (lower learning_rate?)")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if device_type == 'cuda':
-            torch.cuda.synchronize(dev)
-        dt = time.time() - t0
-        t_steps, n_timed = t_steps + dt, n_timed + 1
-        loss_v, ce_sum, w_sum, kept, sup, toks = sums.tolist()
-        rec = {'step': step, 'loss': loss_v, 'ce': ce_sum / sup, 'weight': w_sum / sup, 'kept': kept / sup, 'lr': lr,
-               'grad_norm': grad_norm, 'tokens_per_s': toks / dt, 'mfu': 6 * n_params * toks / dt / peak,
-               'elapsed': time.time() - t_start}
-        log(rec)
-        if master and (step % c.log_interval == 0 or step == steps):
-            eta = t_steps / n_timed * (steps - step)
-            print(f"step {step}/{steps} | loss {loss_v:.4f} ce {rec['ce']:.4f} w {rec['weight']:.3f} kept {rec['kept']:.3f}"
-                  f" | lr {lr:.2e} | gnorm {grad_norm:.2f} | {rec['tokens_per_s']:.0f} tok/s, mfu {100 * rec['mfu']:.1f}%"
-                  f" | {rec['elapsed'] / 60:.1f} min, eta {eta / 60:.1f} min")
-        if (c.eval_interval and step % c.eval_interval == 0) or step == steps:
-            val_loss = evaluate()
-            log({'step': step, 'val_loss': val_loss, 'elapsed': time.time() - t_start})
-            if master:
-                print(f"step {step}: val loss {val_loss:.4f}, saving {ckpt_path}")
-            save()
-    if ddp:
-        dist.destroy_process_group()
+def log(proc, record, line=None):
+    """A record in log.jsonl and, if given, a line on the console (rank 0 only)."""
+    if proc.master:
+        with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        if line:
+            print(line)
 
 
 if __name__ == '__main__':

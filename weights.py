@@ -1,54 +1,65 @@
 """
-Token-weighted cross-entropy for supervised fine-tuning: SFT, DFT, InfoSFT, ProFit and PriFT.
-
-Every rule is a detached weight w_t on the cross-entropy CE_t of each supervised target token y_t:
+Token-weighted cross-entropy for supervised fine-tuning: SFT, DFT, InfoSFT, ProFit and PriFT. Every rule weighs the
+cross-entropy CE_t of each supervised target token y_t (m_t = 1) by w_t = f(p_t), detached (no gradient through w):
 
     loss = sum_t w_t * CE_t * m_t / n_tokens
 
-n_tokens counts the supervised tokens of the whole optimizer step (all micro-batches and ranks), so every token
-weighs the same whichever micro-batch it lands in; the official codes differ here (METHODS.md, "Normalisation").
-w_t is a function of p, the probability of y_t under a *signal* model: 'online' is the model being trained
-(p = exp(-CE_t) of the same forward), 'prior' is the frozen initial model (p_prior and u_prior, precomputed once
-with target_signals). Formulas, defaults and sources: METHODS.md.
-
-weighted_loss fuses the lm_head matmul with the loss, chunk by chunk, so float32 logits never exist for the
-whole batch: peak extra memory is O(chunk_size * vocab) whatever the batch.
+p_t is y_t's probability under a *signal* model: 'online', the model being trained (exp(-CE_t), same forward), or
+'prior', the frozen initial model (PriFT; computed once by target_signals). n_tokens counts the supervised tokens of
+the whole optimizer step, all micro-batches and ranks, so every token weighs the same wherever it lands; the official
+codes differ here (METHODS.md: each rule's formula, defaults, sources and normalisation). Read in order:
+token_weights (the rules), reference_loss (the method in ten lines), then weighted_loss, the fast path: the same loss
+and gradients, chunk by chunk, never holding the batch's logits (tests/test_weights.py proves them equal).
 """
 import math
 
 import torch
+import torch.nn.functional as F
 
 RULES = ('sft', 'dft', 'infosft', 'profit', 'prift')
 SIGNALS = ('online', 'prior')
-DIRECTIONS = ('higher', 'lower', 'middle', 'random')
-MODES = ('mass', 'prob')
-DEFAULTS = dict(infosft_P=0.93, profit_tau=0.1, profit_tau_high=None, profit_direction='higher',
-                prift_mode='mass', prift_tau=0.5)
-CHUNK = 2048  # positions per chunk: 2048 x 49152 float32 logits = 400 MB
+DEFAULTS = dict(infosft_P=0.93, profit_tau=0.1, profit_tau_high=1.0, profit_direction='higher',
+                prift_mode='mass', prift_tau=0.5)  # the official codes' defaults (METHODS.md)
 
 
-def check_rule(rule, signal='online', **hyper):
-    """Raise ValueError with a one-line message when the configuration is not valid (call it at startup)."""
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}: choose one of {', '.join(RULES)}")
-    if signal not in SIGNALS:
-        raise ValueError(f"unknown signal {signal!r}: choose one of {', '.join(SIGNALS)}")
-    unknown = sorted(set(hyper) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown hyperparameter {unknown[0]!r}: valid ones are {', '.join(DEFAULTS)}")
-    h = {**DEFAULTS, **hyper}
-    if not 0.5 < h['infosft_P'] < 1:
-        raise ValueError(f"infosft_P={h['infosft_P']} must lie in (0.5, 1) so that C = logit(P) > 0 (paper: 0.93)")
-    for k in ('profit_tau', 'prift_tau', 'profit_tau_high'):
-        if h[k] is not None and not 0 <= h[k] <= 1:
-            raise ValueError(f"{k}={h[k]} must lie in [0, 1]")
-    if h['profit_direction'] not in DIRECTIONS:
-        raise ValueError(f"unknown profit_direction {h['profit_direction']!r}: choose one of {', '.join(DIRECTIONS)}")
-    if h['prift_mode'] not in MODES:
-        raise ValueError(f"unknown prift_mode {h['prift_mode']!r}: choose one of {', '.join(MODES)}")
-    if h['profit_direction'] == 'middle' and (h['profit_tau_high'] is None or h['profit_tau_high'] < h['profit_tau']):
-        raise ValueError(f"profit_direction='middle' keeps profit_tau <= p <= profit_tau_high: "
-                         f"pass profit_tau_high in [{h['profit_tau']}, 1] (got {h['profit_tau_high']})")
+# -----------------------------------------------------------------------------
+# The rules: w = f(p)
+
+def token_weights(rule, p, u=None, infosft_P=0.93, profit_tau=0.1, profit_tau_high=1.0, profit_direction='higher',
+                  prift_mode='mass', prift_tau=0.5):
+    """Float32 weights shaped like p, the signal model's probability of each target (u: prift mass only).
+    Settings are checked once, by check_rule, where a run starts."""
+    p = p.detach().float()
+    if rule == 'sft':
+        return torch.ones_like(p)
+    if rule == 'dft':
+        return p
+    if rule == 'infosft':
+        # The official code's normalised form of the paper's p * [C - logit(p)]_+: w(0.5) = 0.5 (as DFT), w = 0 for
+        # p >= P, w -> 0 as p -> 0, so medium-confidence tokens weigh most. clamp_min keeps logit(0) finite
+        # (0 * finite = 0, not 0 * inf); log(q / (1 - q)) because torch.logit is slow on small CPU tensors.
+        C = math.log(infosft_P / (1 - infosft_P))
+        q = p.clamp_min(torch.finfo(p.dtype).tiny)
+        return p * torch.relu(1 - torch.log(q / (1 - q)) / C)
+    if rule == 'profit':
+        if profit_direction == 'higher':  # ProFit: drop the unlikely (replaceable) tokens
+            keep = p >= profit_tau  # the paper writes p > tau; the official code keeps the boundary
+        elif profit_direction == 'lower':  # the paper's ablation: keep only the unlikely ones
+            keep = p <= profit_tau
+        elif profit_direction == 'middle':
+            keep = (p >= profit_tau) & (p <= profit_tau_high)
+        elif profit_direction == 'random':  # ignores p: drops each token with probability tau, as the code does
+            keep = torch.rand_like(p) >= profit_tau  # torch's global generator: seed it for reproducible runs
+        else:
+            raise ValueError(f"unknown profit_direction {profit_direction!r}")
+        return keep.float()
+    if rule == 'prift':  # p and u come from the frozen initial model
+        if prift_mode == 'prob':  # PriFT-prob: DFT's weight, read from the prior
+            return p
+        if u is None:
+            raise ValueError("prift_mode='mass' needs u, the prior mass of each target (see target_signals)")
+        return (u.detach().float() >= prift_tau).float()  # u >= 0.5 <=> y lies in the prior's top-p=0.5 nucleus
+    raise ValueError(f"unknown rule {rule!r}: choose one of {', '.join(RULES)}")
 
 
 def signal_of(rule, signal):
@@ -56,59 +67,47 @@ def signal_of(rule, signal):
     return None if rule == 'sft' else 'prior' if rule == 'prift' else signal
 
 
-def token_weights(rule, p, u=None, **hyper):
-    """Detached float32 weights shaped like p; p (and u, for prift mass) come from the signal model.
-    profit_direction='random' draws from torch's global generator: seed it for reproducible runs."""
-    check_rule(rule, **hyper)
-    h = {**DEFAULTS, **hyper}
-    p = p.detach().float()
-    if rule == 'sft':
-        return torch.ones_like(p)
-    if rule == 'dft':
-        return p
-    if rule == 'infosft':
-        # the official code's normalized form of the paper's p * [C - logit(p)]_+: w(0.5) = 0.5, w = 0 for p >= P.
-        # clamp_min keeps the logit finite at p = 0 (w = 0 * finite = 0, not 0 * inf); at p = 1 it is inf and relu
-        # gives 0. log(q / (1 - q)) rather than torch.logit, which is slow on small CPU tensors.
-        C = math.log(h['infosft_P'] / (1 - h['infosft_P']))
-        q = p.clamp_min(torch.finfo(p.dtype).tiny)
-        return p * torch.relu(1 - torch.log(q / (1 - q)) / C)
-    if rule == 'profit':
-        tau, direction = h['profit_tau'], h['profit_direction']
-        if direction == 'higher':
-            keep = p >= tau  # the paper writes p > tau; the official code keeps the boundary
-        elif direction == 'lower':
-            keep = p <= tau
-        elif direction == 'middle':
-            keep = (p >= tau) & (p <= h['profit_tau_high'])
-        else:  # 'random' ignores p and drops each token with probability tau, as the official code does
-            keep = torch.rand_like(p) >= tau
-        return keep.float()
-    if h['prift_mode'] == 'prob':  # prift: PriFT-prob is DFT with the prior signal
-        return p
-    if u is None:
-        raise ValueError("prift_mode='mass' needs u, the prior mass of each target (see target_signals)")
-    return (u.detach().float() >= h['prift_tau']).float()  # u >= 0.5 <=> y inside the prior's top-p=0.5 nucleus
+def check_rule(rule, signal='online', **hyper):
+    """Raise ValueError with a one-line message when a setting is not valid: call it once, where a run starts."""
+    for name, value, options in (('rule', rule, RULES), ('signal', signal, SIGNALS)):
+        if value not in options:
+            raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(options)}")
+    unknown = sorted(set(hyper) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter {unknown[0]!r}: valid ones are {', '.join(DEFAULTS)}")
+    k = {**DEFAULTS, **hyper}
+    if not 0.5 < k['infosft_P'] < 1:
+        raise ValueError(f"infosft_P={k['infosft_P']} must lie in (0.5, 1) so that C = logit(P) > 0 (paper: 0.93)")
+    for name in ('profit_tau', 'prift_tau', 'profit_tau_high'):
+        if not 0 <= k[name] <= 1:
+            raise ValueError(f"{name}={k[name]} must lie in [0, 1]")
+    for name, options in (('profit_direction', ('higher', 'lower', 'middle', 'random')), ('prift_mode', ('mass', 'prob'))):
+        if k[name] not in options:
+            raise ValueError(f"unknown {name} {k[name]!r}: choose one of {', '.join(options)}")
+    if k['profit_direction'] == 'middle' and k['profit_tau_high'] < k['profit_tau']:
+        raise ValueError(f"profit_direction='middle' keeps profit_tau <= p <= profit_tau_high: "
+                         f"pass profit_tau_high in [{k['profit_tau']}, 1] (got {k['profit_tau_high']})")
 
 
-def _signals(logits, y):
-    """(p, u) of targets y under float32 logits (n, V); u sums p(v) over p(v) < p(y) (strict, as the official
-    PriFT code: ties with the target are left out), plus p(y). Negative targets (padding) give p = u = 0."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    valid = y >= 0
-    py = probs.gather(1, y.clamp_min(0)[:, None])
-    u = torch.where(probs < py, probs, 0).sum(1) + py[:, 0]
-    return torch.where(valid, py[:, 0], 0), torch.where(valid, u, 0)
+# -----------------------------------------------------------------------------
+# The loss, as a learner reads it (train.py --loss=reference runs exactly this)
+
+def reference_loss(logits, targets, mask, n_tokens, rule='sft', signal='online', p_prior=None, u_prior=None,
+                   **hyper):
+    """(loss, stats) from full logits (B, T, V): the method in plain autograd. stats as weighted_loss's."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction='none').view(targets.shape)
+    online = signal_of(rule, signal) != 'prior'
+    p = torch.exp(-ce).detach() if online else p_prior  # online: the model's own p, detached (w is a constant)
+    w = token_weights(rule, p, u_prior, **hyper) * mask
+    loss = (w * ce).sum() / max(n_tokens, 1)  # n_tokens: the whole step's supervised tokens, not this batch's
+    stats = dict(ce_sum=(ce.detach() * mask).sum(), weight_sum=w.sum(), kept=(w > 0).sum(), tokens=(mask > 0).sum())
+    return loss, stats
 
 
-@torch.no_grad()
-def mass_stat(logits, targets, chunk_size=CHUNK):
-    """u for each position of logits (..., V) and targets (...), float32, chunked over positions."""
-    x, y = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
-    u = torch.empty(y.shape, dtype=torch.float32, device=logits.device)
-    for i in range(0, len(y), chunk_size):
-        u[i:i + chunk_size] = _signals(x[i:i + chunk_size], y[i:i + chunk_size])[1]
-    return u.view(targets.shape)
+# -----------------------------------------------------------------------------
+# Prior signals (PriFT): p and u of the frozen initial model, computed once per example (train.py caches them)
+
+CHUNK = 2048  # positions per chunk: 2048 x 49152 float32 logits = 400 MB
 
 
 def _compute_dtype(x):
@@ -119,7 +118,8 @@ def _compute_dtype(x):
 
 @torch.no_grad()
 def target_signals(hidden, lm_head_weight, targets, chunk_size=CHUNK):
-    """(p, u) float32 shaped like targets: the probability and the mass of each target under this model."""
+    """(p, u) float32 shaped like targets: each target's probability and mass under this model (lm_head_weight:
+    its (V, C) output matrix; pass the logits and an identity matrix to read them off logits)."""
     dt = _compute_dtype(hidden)
     x, y = hidden.reshape(-1, hidden.size(-1)).to(dt), targets.reshape(-1)
     W = lm_head_weight.to(dt)
@@ -127,9 +127,17 @@ def target_signals(hidden, lm_head_weight, targets, chunk_size=CHUNK):
     with torch.autocast(hidden.device.type, enabled=False):
         for i in range(0, len(y), chunk_size):
             s = slice(i, i + chunk_size)
-            p[s], u[s] = _signals(x[s] @ W.T, y[s])
-    return p.view(targets.shape), u.view(targets.shape)
+            probs = torch.softmax((x[s] @ W.T).float(), dim=-1)
+            py = probs.gather(1, y[s].clamp_min(0)[:, None])  # negative targets (padding) give p = u = 0 below
+            # u: the mass of the tokens less likely than the target (strict <, as the official PriFT code: ties with
+            # the target are left out), plus the target's own; u >= 0.5 <=> y lies in the top-p=0.5 nucleus
+            p[s], u[s] = py[:, 0], torch.where(probs < py, probs, 0).sum(1) + py[:, 0]
+    valid = targets.reshape(-1) >= 0
+    return torch.where(valid, p, 0).view(targets.shape), torch.where(valid, u, 0).view(targets.shape)
 
+
+# -----------------------------------------------------------------------------
+# The fast path: reference_loss's loss and gradients, fused with the lm_head and chunked over positions
 
 class _FusedWeightedCE(torch.autograd.Function):
     """lm_head + weighted CE over gathered supervised positions. The forward computes the gradients chunk by
@@ -179,23 +187,22 @@ class _FusedWeightedCE(torch.autograd.Function):
 
 def weighted_loss(hidden, lm_head_weight, targets, mask, n_tokens, rule='sft', signal='online', p_prior=None,
                   u_prior=None, chunk_size=CHUNK, **hyper):
-    """(loss, stats): loss = sum(w * CE * mask) / n_tokens, differentiable w.r.t. hidden (B, T, C) and
-    lm_head_weight (V, C); stats are detached sums over this call: ce_sum, weight_sum, kept (w > 0), tokens.
-    targets, mask, p_prior, u_prior: (B, T). hyper: see DEFAULTS. chunk_size: positions per chunk (memory knob)."""
-    check_rule(rule, signal, **hyper)
-    h = {**DEFAULTS, **hyper}
-    use_u = rule == 'prift' and h['prift_mode'] == 'mass'
-    use_p = not use_u and signal_of(rule, signal) == 'prior'
-    if use_p and p_prior is None:
+    """(loss, stats) as reference_loss, from the final hidden states (B, T, C) and lm_head_weight (V, C) instead of
+    the logits: differentiable w.r.t. both; stats are detached sums over this call: ce_sum, weight_sum, kept (w > 0),
+    tokens. targets, mask, p_prior, u_prior: (B, T). hyper: see DEFAULTS, checked once by check_rule where a run
+    starts. chunk_size: positions per chunk (the memory knob)."""
+    needs_u = rule == 'prift' and hyper.get('prift_mode', DEFAULTS['prift_mode']) == 'mass'
+    needs_p = signal_of(rule, signal) == 'prior' and not needs_u
+    if needs_p and p_prior is None:
         raise ValueError(f"rule={rule!r} with the prior signal needs p_prior (build the cache with target_signals)")
-    if use_u and u_prior is None:
+    if needs_u and u_prior is None:
         raise ValueError("rule='prift' with prift_mode='mass' needs u_prior (build the cache with target_signals)")
-    C, V = hidden.size(-1), lm_head_weight.size(0)
+    C = hidden.size(-1)
     if targets.shape != mask.shape or hidden.shape[:-1] != targets.shape or lm_head_weight.size(1) != C:
         raise ValueError(f"shapes do not match: hidden {tuple(hidden.shape)} must be targets/mask "
                          f"{tuple(targets.shape)}/{tuple(mask.shape)} + (C,), "
                          f"lm_head_weight {tuple(lm_head_weight.shape)} (V, C)")
-    for name, t in (('p_prior', p_prior if use_p else None), ('u_prior', u_prior if use_u else None)):
+    for name, t in (('p_prior', p_prior if needs_p else None), ('u_prior', u_prior if needs_u else None)):
         if t is not None and t.shape != targets.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected the targets' {tuple(targets.shape)}")
     idx = mask.reshape(-1).nonzero()[:, 0]  # supervised positions only: padding and prompts cost nothing
@@ -204,10 +211,8 @@ def weighted_loss(hidden, lm_head_weight, targets, mask, n_tokens, rule='sft', s
         raise ValueError(f"n_tokens={n_tokens} is below this call's {len(idx)} supervised tokens: "
                          "pass the supervised tokens of the whole optimizer step")
     y = targets.reshape(-1)[sel]
-    if len(y) and (y.min() < 0 or y.max() >= V):
-        raise ValueError(f"supervised targets must lie in [0, {V}), got [{y.min().item()}, {y.max().item()}]")
-    p_sig = p_prior.reshape(-1)[sel].float() if use_p else None
-    u_sig = u_prior.reshape(-1)[sel].float() if use_u else None
+    p_sig = p_prior.reshape(-1)[sel].float() if needs_p else None
+    u_sig = u_prior.reshape(-1)[sel].float() if needs_u else None
     n = max(float(n_tokens), 1.0)  # no supervised token anywhere: the loss is 0/1 = 0, never 0/0
     dt = _compute_dtype(hidden)
     with torch.autocast(hidden.device.type, enabled=False):

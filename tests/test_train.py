@@ -322,3 +322,19 @@ def test_dtype_auto_uses_bf16_only_with_native_support(init, data, tmp_path, mon
     monkeypatch.setattr(train, "native_bf16", lambda device_type: native)
     train.main(args(init, data, str(tmp_path), "--dtype=auto", "--max_steps=1"))
     assert f"params on cpu x1, {expected};" in capsys.readouterr().out
+
+
+def test_reference_loss_trains_as_the_fused_one(init, data, tmp_path):
+    """--loss=reference (plain autograd over the full logits) and the default fused, chunked loss: the same run."""
+    runs = {}
+    for impl in ("fused", "reference"):
+        train.main(args(init, data, str(tmp_path / impl), "--rule=infosft", f"--loss={impl}"))
+        runs[impl] = [r for r in read_log(str(tmp_path / impl)) if "loss" in r]
+    assert len(runs["fused"]) == len(runs["reference"]) == 4
+    for fused, reference in zip(runs["fused"], runs["reference"]):
+        for k in ("loss", "ce", "weight", "kept", "grad_norm"):
+            assert reference[k] == pytest.approx(fused[k], rel=1e-4), k
+
+
+def test_rule_defaults_are_weights_defaults():
+    assert {k: train.DEFAULTS[k] for k in weights.DEFAULTS} == weights.DEFAULTS
