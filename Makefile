@@ -4,9 +4,9 @@ PY ?= python3
 RULES ?= sft dft
 RUNS = $(if $(RULE),sft $(RULE),$(RULES))
 # The quick evaluation, the same for the base model and every run: measures that are not the training objective
-# (answer NLL by token class, multiple choice, KL(base || model)) on the first 100 GSM8K test questions and 4,096
+# (answer NLL by token class, multiple choice, KL(base || model)) on the first 100 GSM8K test questions and 2,048
 # held-out tokens. The base's eval.json is reused: remove out/quick-base after changing EVAL.
-EVAL = --base=smollm2-gguf --tasks=gsm8k_classes,gsm8k_mc,kl --limit=100 --ppl_tokens=4096 --dtype=float32
+EVAL = --base=smollm2-gguf --tasks=gsm8k_classes,gsm8k_mc,kl --limit=100 --ppl_tokens=2048 --dtype=float32
 
 .PHONY: install install-dev run test
 

@@ -508,14 +508,18 @@ def evaluate(args):
 
 
 def compare(paths, plot):
-    runs = []
+    runs, folders = [], []
     for path in paths:
         file = path if path.endswith(".json") else os.path.join(path, "eval.json")
         if not os.path.isfile(file):
             print(f"skipping {path}: no eval.json", file=sys.stderr)
             continue
+        folder = os.path.dirname(os.path.abspath(file))
+        name = os.path.basename(folder)  # reproduce.py's <run>/test and <run>/val are named by their run too
+        name = f"{os.path.basename(os.path.dirname(folder))}/{name}" if name in ("test", "val") else name
         with open(file) as f:
-            runs.append((os.path.basename(os.path.dirname(os.path.abspath(file))), json.load(f)))
+            runs.append((name, json.load(f)))
+        folders.append(folder)
     if not runs:
         raise SystemExit(f"no eval.json in {' '.join(paths)}: run python eval.py --model=<run dir> first")
 
@@ -526,7 +530,29 @@ def compare(paths, plot):
         meta = ["–" if r.get(k) is None else str(r[k]) for k in ("rule", "signal", "steps")]
         cells = ["–" if measure(r, c) is None else format(measure(r, c), c[3]) for c in columns]
         print("| " + " | ".join([name] + meta + cells) + " |")
+    first = mc_hits(folders[0])
+    for (name, _), folder in list(zip(runs, folders))[1:] if first else []:
+        gained, lost, p = mcnemar(first, mc_hits(folder))
+        print(f"{name} vs {runs[0][0]}, MC acc_norm on the same questions: +{gained} −{lost}, exact McNemar p = {p:.3f}")
     plot_measures(runs, columns, plot)
+
+
+def mc_hits(folder):
+    """{question index: acc_norm hit} of a run's gsm8k_mc, from the eval_samples.jsonl beside its eval.json."""
+    path = os.path.join(folder, "eval_samples.jsonl")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {s["index"]: s["acc_norm"] for s in map(json.loads, f) if s["task"] == "gsm8k_mc"}
+
+
+def mcnemar(a, b):
+    """(questions only b gets right, only a gets right, two-sided exact McNemar p) over the questions both scored:
+    the paired test, which is far more sensitive than comparing two accuracies' intervals."""
+    both = a.keys() & b.keys()
+    gained, lost = sum(b[i] and not a[i] for i in both), sum(a[i] and not b[i] for i in both)
+    n = gained + lost
+    return gained, lost, min(1.0, 2 * sum(math.comb(n, j) for j in range(min(gained, lost) + 1)) / 2 ** n)
 
 
 # (column, eval.json task, key or (key, subkey), format): the table's and the figure's measures, in this order
@@ -569,8 +595,9 @@ def plot_measures(runs, columns, plot):
         y, x, ci = zip(*got)
         err = None if None in ci else [[v - lo for v, (lo, _) in zip(x, ci)], [hi - v for v, (_, hi) in zip(x, ci)]]
         ax.barh(y, x, xerr=err, color=[f"C{i}" for i in y], capsize=3)
-        for i, v in zip(y, x):
-            ax.annotate(format(v, c[3]), (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        for k, (i, v) in enumerate(zip(y, x)):
+            at = v if err is None else v + err[1][k]  # right of the bar or of its interval
+            ax.annotate(format(v, c[3]), (at, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
         # zoomed on the values: differences between runs are small next to the values themselves
         ends = list(x) + ([b for pair in ci for b in pair] if err else [])
         lo, hi = min(ends), max(ends)

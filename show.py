@@ -84,8 +84,9 @@ def layout(pieces, width):
     return spots
 
 
-def draw_tokens(pieces, ws, path, width=96, fontsize=8):
-    """A panel per rule: each token's text on a box coloured by its weight."""
+def draw_tokens(pieces, ws, path, width=100, fontsize=8):
+    """A panel per rule: each token's text on a box coloured by its weight. Monospace text on a grid of exact
+    character cells (axes placed in inches), so each box fits its token."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -93,25 +94,28 @@ def draw_tokens(pieces, ws, path, width=96, fontsize=8):
     cmap = plt.get_cmap("Blues")
     spots = layout(pieces, width)
     rows = spots[-1][0] + 1
-    char_in = 0.6 * fontsize / 72  # a monospace character's width, inches
-    fig, axes = plt.subplots(len(ws), 1, figsize=(width * char_in + 0.8, len(ws) * (rows * 1.35 * fontsize / 72 + 0.4)),
-                             squeeze=False)
-    owner = []  # the token each visible part belongs to
-    for i, s in enumerate(pieces):
-        owner += [i] * len(s.split("\n"))
-    for ax, (name, w) in zip(axes[:, 0], ws.items()):
+    char_in, line_in, title_in, margin = 0.602 * fontsize / 72, 1.6 * fontsize / 72, 0.3, 0.2  # DejaVu Sans Mono
+    panel_in = rows * line_in + title_in
+    W, H = width * char_in + 2 * margin + 0.9, len(ws) * panel_in + margin
+    fig = plt.figure(figsize=(W, H))
+    owner = [i for i, s in enumerate(pieces) for _ in s.split("\n")]  # the token each visible part belongs to
+    for k, (name, w) in enumerate(ws.items()):
+        top = H - margin / 2 - k * panel_in - title_in
+        ax = fig.add_axes([margin / W, (top - rows * line_in) / H, width * char_in / W, rows * line_in / H])
         for (row, col, text), i in zip(spots, owner):
             v = float(w[i])
-            ax.add_patch(Rectangle((col, row - 0.5), max(len(text), 0.4), 1, color=cmap(0.05 + 0.85 * v), lw=0))
-            ax.text(col, row, text, family="monospace", fontsize=fontsize, va="center", ha="left",
+            ax.add_patch(Rectangle((col, row - 0.5), max(len(text), 0.3), 1, facecolor=cmap(0.05 + 0.85 * v),
+                                   edgecolor="white", lw=0.6))
+            ax.text(col, row, text, family="DejaVu Sans Mono", fontsize=fontsize, va="center", ha="left",
                     color="white" if v > 0.6 else "black")
         ax.set(xlim=(0, width), ylim=(rows - 0.5, -0.5))
         ax.axis("off")
         ax.set_title(f"{name}: mean weight {w.mean().item():.2f}, kept {(w > 0).float().mean().item():.0%}",
                      fontsize=fontsize + 1, loc="left")
-    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0.05, 0.9)), ax=axes[:, 0],
-                 shrink=0.5, label="w (white = 0, dark = 1)", ticks=[])
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    bar = fig.add_axes([(W - 0.6) / W, 0.25, 0.12 / W, 0.5])
+    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0.05, 0.9)), cax=bar,
+                 label="weight: white 0, dark 1", ticks=[])
+    fig.savefig(path, dpi=130)
     plt.close(fig)
 
 

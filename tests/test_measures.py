@@ -5,6 +5,7 @@ import json
 import math
 import random
 import re
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -213,10 +214,21 @@ def test_cli_new_tasks_and_compare(tiny_checkpoint, tmp_path, monkeypatch, capsy
     assert r["kl"]["kl"] == pytest.approx(0.0, abs=1e-6) and r["kl"]["ratio"] == pytest.approx(1.0)
     assert len((out / "eval_samples.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
-    E.main(["--compare", str(out), f"--plot={tmp_path / 'c.png'}"])
-    head = capsys.readouterr().out.splitlines()[0]
+    shutil.copytree(out, tmp_path / "again")
+    E.main(["--compare", str(out), str(tmp_path / "again"), f"--plot={tmp_path / 'c.png'}"])
+    head, _, _, _, paired = capsys.readouterr().out.splitlines()
+    assert paired == "again vs run, MC acc_norm on the same questions: +0 −0, exact McNemar p = 1.000"
     assert "NLL calc" in head and "MC acc_norm" in head and "KL(base‖model)" in head and "GSM8K strict" not in head
     assert (tmp_path / "c.png").stat().st_size > 0
     with pytest.raises(SystemExit):
         E.main([f"--model={folder}", "--tasks=kl"])
     assert "pass --base" in capsys.readouterr().err
+
+
+def test_mcnemar_exact_p_by_hand():
+    a = {i: i < 10 for i in range(30)}  # a right on 0..9
+    b = {i: 2 <= i < 22 for i in range(31)}  # b right on 2..21: gains 10..21 (12), loses 0, 1 (2); 30 is b's alone
+    gained, lost, p = E.mcnemar(a, b)
+    assert (gained, lost) == (12, 2)
+    assert p == pytest.approx(2 * (1 + 14 + 91) / 2 ** 14)  # 2 P(X <= 2), X ~ Binomial(14, 1/2)
+    assert E.mcnemar(a, a) == (0, 0, 1.0)
