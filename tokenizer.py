@@ -7,6 +7,9 @@ files and never downloaded:
 - the metadata of a .gguf file (tokenizer.ggml.model == "gpt2").
 SentencePiece tokenizers (Llama 2, Mistral v0.1) are not byte-level BPE and cannot be expressed in tiktoken; they
 are rejected with a clear error instead of being tokenized slightly wrong.
+The checkpoint's chat template (tokenizer_config.json's chat_template, a chat_template.jinja file beside it, or the
+GGUF's tokenizer.chat_template) is kept as `chat_template` for data/prepare.py; it changes no token id, so it is not
+part of the fingerprint.
 """
 import base64
 import hashlib
@@ -76,11 +79,11 @@ class Tokenizer:
     """A byte-level BPE: ranks (token bytes -> id, lower id merges first), a split regex and special tokens."""
 
     def __init__(self, ranks, pattern, special_tokens=None, bos_id=None, eos_id=None, add_bos=False,
-                 normalizer=None, unk_id=None, name="tokenwise"):
+                 normalizer=None, unk_id=None, name="tokenwise", chat_template=None):
         if normalizer not in (None, "NFC"):
             raise ValueError(f"unsupported normalizer {normalizer!r}: only None and 'NFC' are supported")
         self.ranks, self.pattern, self.special_tokens = ranks, pattern, dict(special_tokens or {})
-        self.normalizer, self.unk_id = normalizer, unk_id
+        self.normalizer, self.unk_id, self.chat_template = normalizer, unk_id, chat_template
         self.n_vocab = max([*ranks.values(), *self.special_tokens.values()]) + 1
         for what, i in (("bos_id", bos_id), ("eos_id", eos_id), ("unk_id", unk_id)):
             if i is not None and not 0 <= i < self.n_vocab:
@@ -114,6 +117,17 @@ class Tokenizer:
             ids = [i if i < self.n_vocab else self.unk_id for i in ids]
             ids = [i for i in ids if i is not None]
         return [self.bos_id] + ids if bos else ids
+
+    def encode_with_starts(self, text):
+        """(ids, starts): encode(text) and the byte offset in text's UTF-8 at which each token starts, so that a
+        caller can tell which part of the text a token came from. text must already be normalised (normalizer)."""
+        ids, starts, at = [], [], 0
+        for i in self.enc.encode_ordinary(text):
+            if i < self.n_vocab or self.unk_id is not None:  # a byte the vocab lacks is dropped, as encode does
+                ids.append(i if i < self.n_vocab else self.unk_id)
+                starts.append(at)
+            at += len(self.enc.decode_single_token_bytes(i))
+        return ids, starts
 
     def decode(self, ids):
         return self.enc.decode(ids, errors="replace")
@@ -171,6 +185,8 @@ class Tokenizer:
                   "bos_token": None if self.bos_id is None else self.id_to_string(self.bos_id),
                   "eos_token": None if self.eos_id is None else self.id_to_string(self.eos_id),
                   "unk_token": unk}
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
             f.write(json.dumps(tj, ensure_ascii=False))  # dumps: json.dump would use the slow pure-Python encoder
         with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
@@ -202,6 +218,20 @@ def _read_json(path):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-download or re-export the tokenizer") from None
+
+
+def _folder_chat_template(folder):
+    """The chat template of a HF folder: chat_template.jinja (transformers >= 4.43 saves it there) or
+    tokenizer_config.json's chat_template (a string, or named templates of which 'default' is the chat one)."""
+    path = os.path.join(folder, "chat_template.jinja")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    path = os.path.join(folder, "tokenizer_config.json")
+    template = _read_json(path).get("chat_template") if os.path.isfile(path) else None
+    if isinstance(template, list):
+        template = {t.get("name"): t.get("template") for t in template}.get("default")
+    return template if isinstance(template, str) else None
 
 
 def _folder_specials(folder, lookup):
@@ -280,7 +310,8 @@ def _from_tokenizer_json(path):
         eos = specials["<|endoftext|>"]
     unk = model.get("unk_token")
     return Tokenizer(ranks, pattern, specials, bos, eos, bool(add_bos), norm and norm["type"],
-                     None if unk is None else vocab.get(unk), name=os.path.basename(folder))
+                     None if unk is None else vocab.get(unk), name=os.path.basename(folder),
+                     chat_template=_folder_chat_template(folder))
 
 
 def _from_gpt2_files(encoder_path, merges_path):
@@ -296,7 +327,8 @@ def _from_gpt2_files(encoder_path, merges_path):
     _check_merge_order(merges, encoder, merges_path)
     bos, eos, add_bos = _folder_specials(folder, encoder.get)
     eos = eos if eos is not None else specials.get("<|endoftext|>")
-    return Tokenizer(ranks, GPT2_PATTERN, specials, bos, eos, bool(add_bos), name="gpt2")
+    return Tokenizer(ranks, GPT2_PATTERN, specials, bos, eos, bool(add_bos), name="gpt2",
+                     chat_template=_folder_chat_template(folder))
 
 
 def _from_tiktoken_model(path):
@@ -320,7 +352,8 @@ def _from_tiktoken_model(path):
     bos, eos, add_bos = _folder_specials(folder, lookup)
     bos = specials["<|begin_of_text|>"] if bos is None else bos
     eos = specials["<|end_of_text|>"] if eos is None else eos
-    return Tokenizer(ranks, LLAMA3_PATTERN, specials, bos, eos, True if add_bos is None else add_bos, name="llama3")
+    return Tokenizer(ranks, LLAMA3_PATTERN, specials, bos, eos, True if add_bos is None else add_bos, name="llama3",
+                     chat_template=_folder_chat_template(folder))
 
 
 def tokenizer_from_gguf(reader):
@@ -346,7 +379,7 @@ def tokenizer_from_gguf(reader):
     _check_merge_order(field("tokenizer.ggml.merges", []), {t: i for i, t in enumerate(tokens)}, source)
     return Tokenizer(ranks, GGUF_PRE[pre], specials, field("tokenizer.ggml.bos_token_id"),
                      field("tokenizer.ggml.eos_token_id"), field("tokenizer.ggml.add_bos_token", False),
-                     name=f"gguf-{pre}")
+                     name=f"gguf-{pre}", chat_template=field("tokenizer.chat_template"))
 
 
 def load_tokenizer(path):

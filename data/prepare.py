@@ -3,21 +3,31 @@ Tokenize an SFT dataset with a model's tokenizer, with a loss mask on the respon
 
     python data/prepare.py --dataset=gsm8k --init_from=smollm2-gguf
     python data/prepare.py --dataset=my.jsonl --prompt_field=instruction --response_field=output --init_from=gpt2
-    python data/prepare.py --dataset=chats.jsonl --init_from=smollm2-gguf     # 'messages' data, rendered as ChatML
+    python data/prepare.py --dataset=chats.jsonl --init_from=smollm2-gguf     # 'messages', the model's chat template
 
 Writes <out>/{train,val}.ids.bin (uint32), .mask.bin (uint8, 1 = supervised target), .offsets.npy (int64 example
 boundaries) and meta.json. Default out: data/<dataset>/<tokenizer fingerprint>/.
+The fields are found by name (FORMATS: TRL's prompt/completion and messages, ShareGPT's conversations,
+problem/solution, query/response, Alpaca's instruction/input/output, question/answer) unless given.
 Prompt/response data: text = prompt_template + response_template + EOS, by default
 "Question: {prompt}\nAnswer:" + " {response}" + EOS, the format of the GSM8K evaluation prompt; the loss covers the
-response and EOS. Chat data: ChatML turns; the loss covers each assistant turn's content and its <|im_end|>.
+response and EOS. With pair_chat the pair is a chat instead ([system_prompt,] user, assistant), as verl's and TRL's
+SFT datasets render prompt/response data. Chat data is rendered with the model's own chat template (ChatML where the
+model has none); the loss covers each assistant turn's content and its end-of-turn token (encode_chat).
 Examples longer than block_size + 1 tokens are clipped at the end (the prompt survives, the end of the response and
 EOS are lost); they are counted in meta.json and printed.
 """
 import argparse
+import bisect
 import gzip
+import hashlib
+import itertools
 import json
 import os
+import re
 import sys
+import unicodedata
+from datetime import datetime
 
 import numpy as np
 
@@ -28,6 +38,14 @@ from tokenizer import load_tokenizer  # noqa: E402
 GSM8K_DIR = os.path.join(ROOT, "data", "gsm8k")  # train/test.jsonl.gz shipped with the repo (MIT, see its README)
 PROMPT_TEMPLATE, RESPONSE_TEMPLATE = "Question: {prompt}\nAnswer:", " {response}"
 VAL_NAMES = ("val", "validation", "test")
+# ChatML, for models without a chat template of their own (as SmolLM2 and Qwen2 render it, without a default system)
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+# Field conventions recognised without --prompt_field/--response_field, first match wins: (prompt fields joined by a
+# newline when non-empty, as LLaMA-Factory's Alpaca converter joins instruction and input; response field).
+FORMATS = [(("prompt",), "completion"), (("problem",), "solution"), (("query",), "response"),
+           (("instruction", "input"), "output"), (("question",), "answer")]
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 
@@ -131,41 +149,184 @@ def encode_pair(tokenizer, prompt, response):
     return p + r, [0] * len(p) + [1] * len(r)
 
 
-def encode_chat(tokenizer, messages):
-    """(ids, mask) of ChatML turns "<|im_start|>{role}\\n{content}<|im_end|>\\n"; supervised: each assistant turn's
-    content and its <|im_end|> (what the model must produce, including where to stop)."""
-    start, end = tokenizer.special_tokens["<|im_start|>"], tokenizer.special_tokens["<|im_end|>"]
-    ids, mask = ([tokenizer.bos_id], [0]) if tokenizer.add_bos else ([], [])
-    newline = tokenizer.encode("\n")
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"a chat message must be {{'role': str, 'content': str}}, got {str(m)[:80]!r}")
-        head = [start] + tokenizer.encode(m["role"] + "\n")
-        body = tokenizer.encode(m["content"]) + [end]
-        on = int(m["role"] == "assistant")
-        ids += head + body + newline
-        mask += [0] * len(head) + [on] * len(body) + [0] * len(newline)
-    return ids, mask
+def compile_template(source):
+    """A chat template compiled as transformers compiles it (utils/chat_template_utils.py): a sandboxed environment
+    (templates come from the hub: they must not reach Python's internals), trim_blocks and lstrip_blocks, the loop
+    controls, and the helpers templates call (raise_exception, strftime_now, a tojson that does not escape HTML)."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise ValueError(f"the chat template does not compile: {e} (line {e.lineno})") from None
 
 
-def tokenize(records, tokenizer, block_size, fmt, where):
-    """Flat ids, mask, offsets and counts for one split."""
+class ChatEncoder:
+    """Renders chats with a chat template and tokenizes them with a mask on what the assistant says.
+
+    How the assistant spans are found: each chat is rendered twice, once as it is and once with every message's
+    content replaced by a numbered sentinel (private-use characters, which no template tests or changes). Cut at the
+    sentinels, the second rendering gives the template's own text between the contents; putting the real contents
+    back (as they are, or stripped, for templates that trim them, as Llama 3's does) must give the first rendering
+    character for character, or the record is refused. So every content's span is known exactly, whatever the
+    template adds around or between turns (default system prompts, BOS, dates, empty think blocks), without parsing
+    the template. Supervised: each assistant content and the template's text after it up to and including the first
+    special token (its end of turn: <|im_end|>, <|eot_id|>, EOS), what the model must write to end its turn.
+
+    Tokens: the text between special tokens is tokenized whole, as transformers tokenizes the rendered chat, so the ids
+    equal apply_chat_template(tokenize=True)'s; a token is supervised when its first byte is. Special-token strings
+    are special only where the template writes them: inside a message they stay text, tokenized with the text around
+    them, so a message cannot forge a turn boundary (transformers makes them control tokens, unless
+    sanitize_control_tokens=True, which also tokenizes them apart from their neighbours)."""
+    SENTINEL = re.compile("\ue000(\\d+)\ue001")
+
+    def __init__(self, tokenizer, template):
+        self.tok, self.template = tokenizer, compile_template(template)
+        specials = sorted(tokenizer.special_tokens, key=len, reverse=True)  # longest first: no prefix wins
+        self.specials = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+        names = dict(bos_token=tokenizer.bos_id, eos_token=tokenizer.eos_id, unk_token=tokenizer.unk_id)
+        self.names = {k: tokenizer.id_to_string(i) for k, i in names.items() if i is not None}
+
+    def render(self, messages):
+        import jinja2
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=False, **self.names)
+        except jinja2.exceptions.TemplateError as e:
+            raise ValueError(f"the chat template refused this chat: {e}") from None
+
+    def pieces(self, messages):
+        """[(text, kind)] with kind 'template', 'content' or 'assistant', in order, that join to the rendering."""
+        real = self.render(messages)
+        marked = self.render([dict(m, content=f"\ue000{k}\ue001") for k, m in enumerate(messages)])
+        cut = self.SENTINEL.split(marked)  # template, index, template, index, ..., template
+        shown = [int(k) for k in cut[1::2]]
+        if len(set(shown)) != len(shown):
+            raise ValueError("the chat template renders a message's content twice; its spans are ambiguous")
+        for fix in (lambda c: c, str.strip):
+            contents = [fix(messages[k]["content"]) for k in shown]
+            if "".join(t + c for t, c in zip(cut[::2], contents + [""])) == real:
+                break
+        else:
+            raise ValueError("the chat template changes message contents beyond trimming them (or branches on "
+                             "them, e.g. on '</think>'), so the assistant spans cannot be located")
+        out = [(cut[0], "template")]
+        for k, c, t in zip(shown, contents, cut[2::2]):
+            out += [(c, "assistant" if messages[k]["role"] == "assistant" else "content"), (t, "template")]
+        return out
+
+    def encode(self, messages):
+        """(ids, mask) of one chat: see the class docstring."""
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise ValueError(f"a chat message must be {{'role': str, 'content': str}}, got {str(m)[:80]!r}")
+        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]  # as transformers does
+        ids, mask, run, ending = [], [], [], False  # run: (text, supervised) parts before the next special token
+        for text, kind in self.pieces(messages):
+            if kind != "template":
+                if ending:
+                    break  # an assistant turn without an end token: refused below
+                run.append((text, kind == "assistant"))
+                ending = kind == "assistant"
+                continue
+            for k, part in enumerate(self.specials.split(text) if self.specials else [text]):
+                if k % 2 == 0:
+                    run.append((part, ending))
+                    continue
+                self._flush(run, ids, mask)
+                run = []
+                ids.append(self.tok.special_tokens[part])
+                mask.append(int(ending))
+                ending = False
+        if ending:
+            raise ValueError("the chat template puts no special token after an assistant turn, so the model could "
+                             "not learn to end it; give a template that ends turns with one (or EOS)")
+        self._flush(run, ids, mask)
+        return ids, mask
+
+    def _flush(self, run, ids, mask):
+        """Tokenize the parts of one run of ordinary text whole; each token takes the flag of the part it starts in."""
+        if self.tok.normalizer:
+            run = [(unicodedata.normalize(self.tok.normalizer, t), f) for t, f in run]
+        ends = list(itertools.accumulate(len(t.encode()) for t, _ in run))
+        run_ids, starts = self.tok.encode_with_starts("".join(t for t, _ in run))
+        ids += run_ids
+        mask += [int(run[bisect.bisect_right(ends, b)][1]) for b in starts]
+
+
+def sharegpt(conversation):
+    """ShareGPT's [{'from': 'human', 'value': ...}] as messages."""
+    try:
+        return [{"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]} for turn in conversation]
+    except (KeyError, TypeError):
+        raise ValueError(f"a ShareGPT turn must be {{'from': {'|'.join(SHAREGPT_ROLES)}, 'value': str}}, "
+                         f"got {str(conversation)[:80]!r}") from None
+
+
+def detect_format(record, where, prompt_field, response_field, messages_field):
+    """What to read from each record: the fields given, else the first convention of FORMATS the record has."""
+    if prompt_field or response_field:
+        if not (prompt_field and response_field):
+            raise ValueError("pass both --prompt_field and --response_field")
+        return dict(kind="pair", prompt_fields=[prompt_field], response_field=response_field)
+    if messages_field:
+        return dict(kind="chat", messages_field=messages_field)
+    if isinstance(record.get("messages"), list):
+        return dict(kind="chat", messages_field="messages")
+    if isinstance(record.get("conversations"), list):
+        return dict(kind="sharegpt", messages_field="conversations")
+    if isinstance(record.get("prompt"), list) and isinstance(record.get("completion"), list):
+        return dict(kind="trl_chat")  # TRL's conversational prompt/completion: lists of messages
+    for prompts, response in FORMATS:
+        if prompts[0] in record and response in record:
+            return dict(kind="pair", prompt_fields=[f for f in prompts if f in record], response_field=response)
+    known = ", ".join(["messages", "conversations"] + ["/".join(p + (r,)) for p, r in FORMATS])
+    raise ValueError(f"{where}: records have fields {', '.join(map(str, record))}, none of the known formats "
+                     f"({known}); pass --prompt_field and --response_field, or --messages_field")
+
+
+def example(rec, fmt):
+    """('pair', prompt, response) or ('chat', messages) of one record."""
+    if fmt["kind"] == "pair":
+        for f in fmt["prompt_fields"] + [fmt["response_field"]]:
+            if f not in rec:
+                raise ValueError(f"no field {f!r}; available: {', '.join(map(str, rec))}")
+        prompt = "\n".join(str(rec[f]) for f in fmt["prompt_fields"] if rec[f] not in (None, ""))
+        return "pair", prompt, str(rec[fmt["response_field"]])
+    if fmt["kind"] == "trl_chat":
+        return "chat", list(rec["prompt"]) + list(rec["completion"])
+    messages = rec.get(fmt["messages_field"])
+    if not isinstance(messages, list):
+        raise ValueError(f"'{fmt['messages_field']}' is not a list of messages")
+    return "chat", sharegpt(messages) if fmt["kind"] == "sharegpt" else messages
+
+
+def tokenize(records, tokenizer, block_size, fmt, where, text):
+    """Flat ids, mask, offsets and counts for one split. text: the templates and the chat encoder (prepare)."""
     ids, mask, offsets = [], [], [0]
     truncated = unsupervised = 0
     for k, rec in enumerate(records):
-        if fmt["kind"] == "chat":
-            messages = rec.get(fmt["messages_field"])
-            if not isinstance(messages, list):
-                raise ValueError(f"{where} record {k}: '{fmt['messages_field']}' is not a list of messages")
-            x, m = encode_chat(tokenizer, messages)
-        else:
-            fields = []
-            for f in (fmt["prompt_field"], fmt["response_field"]):
-                if f not in rec:
-                    raise ValueError(f"{where} record {k} has no field {f!r}; available: {', '.join(map(str, rec))}")
-                fields.append(str(rec[f]))
-            x, m = encode_pair(tokenizer, fmt["prompt_template"].format(prompt=fields[0]),
-                               fmt["response_template"].format(response=fields[1]))
+        try:
+            ex = example(rec, fmt)
+            if ex[0] == "pair" and text["pair_chat"]:
+                system = [{"role": "system", "content": text["system_prompt"]}] if text["system_prompt"] else []
+                ex = "chat", system + [{"role": "user", "content": text["prompt_template"].format(prompt=ex[1])},
+                                       {"role": "assistant", "content": text["response_template"].format(response=ex[2])}]
+            if ex[0] == "chat":
+                x, m = text["chat"].encode(ex[1])
+            else:
+                x, m = encode_pair(tokenizer, text["prompt_template"].format(prompt=ex[1]),
+                                   text["response_template"].format(response=ex[2]))
+        except ValueError as e:
+            raise ValueError(f"{where} record {k}: {e}") from None
         if len(x) > block_size + 1:  # block_size inputs + 1 shifted target
             x, m = x[:block_size + 1], m[:block_size + 1]
             truncated += 1
@@ -179,33 +340,37 @@ def tokenize(records, tokenizer, block_size, fmt, where):
     return arrays, counts
 
 
-def detect_format(record, where, prompt_field, response_field, messages_field, prompt_template, response_template):
-    if prompt_field or response_field:
-        if not (prompt_field and response_field):
-            raise ValueError("pass both --prompt_field and --response_field")
-        return dict(kind="pair", prompt_field=prompt_field, response_field=response_field,
-                    prompt_template=prompt_template, response_template=response_template)
-    if messages_field in record:
-        return dict(kind="chat", messages_field=messages_field)
-    raise ValueError(f"{where}: records have fields {', '.join(map(str, record))}; pass --prompt_field and "
-                     f"--response_field, or give chat data with a {messages_field!r} field")
+def read_chat_template(chat_template, tokenizer):
+    """(template source, where it came from): a .jinja file given, else the model's own, else ChatML."""
+    if chat_template:
+        if not os.path.isfile(chat_template):
+            raise FileNotFoundError(f"chat template file {chat_template} does not exist")
+        with open(chat_template, encoding="utf-8") as f:
+            return f.read(), chat_template
+    if tokenizer.chat_template:
+        return tokenizer.chat_template, "the model's"
+    return CHATML, "ChatML"
 
 
 def prepare(dataset, tokenizer, out_dir=None, block_size=1024, prompt_field=None, response_field=None,
-            messages_field="messages", prompt_template=PROMPT_TEMPLATE, response_template=RESPONSE_TEMPLATE):
+            messages_field=None, prompt_template=PROMPT_TEMPLATE, response_template=RESPONSE_TEMPLATE,
+            chat_template=None, pair_chat=False, system_prompt=""):
     """Tokenize dataset into out_dir (default data/<dataset>/<fingerprint>/) and return out_dir. A folder already
-    prepared with the same settings is reused."""
+    prepared with the same settings is reused. chat_template: a .jinja file; None = the model's own (ChatML if it
+    has none). pair_chat: prompt/response pairs become a [system_prompt,] user, assistant chat."""
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     if tokenizer.eos_id is None:
         raise ValueError("the tokenizer has no EOS token; SFT targets end with EOS so the model learns to stop")
     if dataset == "gsm8k" and not (prompt_field or response_field):
         prompt_field, response_field = "question", "answer"
+    template, template_source = read_chat_template(chat_template, tokenizer)
     name = os.path.splitext(os.path.basename(os.path.normpath(dataset)))[0].replace(" ", "_") or "dataset"
     out_dir = out_dir or os.path.join(ROOT, "data", name, tokenizer.fingerprint)
     settings = dict(tokenizer=tokenizer.fingerprint, dataset=dataset, files=stamp(dataset), block_size=block_size,
                     prompt_field=prompt_field, response_field=response_field, messages_field=messages_field,
-                    prompt_template=prompt_template, response_template=response_template)
+                    prompt_template=prompt_template, response_template=response_template, pair_chat=pair_chat,
+                    system_prompt=system_prompt, chat_template=hashlib.sha256(template.encode()).hexdigest()[:16])
     meta_path = os.path.join(out_dir, "meta.json")
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
@@ -218,17 +383,21 @@ def prepare(dataset, tokenizer, out_dir=None, block_size=1024, prompt_field=None
     for split, records in (("train", train), ("val", val)):
         if not records:
             raise ValueError(f"dataset {dataset} has no {split} examples")
-    fmt = detect_format(train[0], source, prompt_field, response_field, messages_field, prompt_template,
-                        response_template)
-    if fmt["kind"] == "chat" and not {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.special_tokens):
-        raise ValueError(f"{source} is chat data ('{messages_field}') but the tokenizer has no <|im_start|>/<|im_end|> "
-                         f"special tokens to render ChatML; use a chat model's tokenizer or prompt/response fields")
+    fmt = detect_format(train[0], source, prompt_field, response_field, messages_field)
+    chat = fmt["kind"] != "pair" or pair_chat
+    if chat and template_source == "ChatML" and not {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.special_tokens):
+        raise ValueError(f"{source} is chat data but the model has no chat template and its tokenizer no "
+                         f"<|im_start|>/<|im_end|> special tokens to render ChatML; give --chat_template=<.jinja file>, "
+                         f"a chat model, or prompt/response fields")
+    text = dict(prompt_template=prompt_template, response_template=response_template, pair_chat=pair_chat,
+                system_prompt=system_prompt, chat=ChatEncoder(tokenizer, template) if chat else None)
+    print(f"{source}: {fmt['kind']} records" + (f", rendered with {template_source} chat template" if chat else ""))
 
     # tokenize everything before writing anything: a bad record fails the run without leaving a partial folder
-    done = {split: tokenize(records, tokenizer, block_size, fmt, f"{source} ({split})")
+    done = {split: tokenize(records, tokenizer, block_size, fmt, f"{source} ({split})", text)
             for split, records in (("train", train), ("val", val))}
     os.makedirs(out_dir, exist_ok=True)
-    meta = dict(settings, source=source, format=fmt["kind"], truncation="clip the end to block_size + 1 tokens",
+    meta = dict(settings, source=source, format="chat" if chat else "pair", truncation="clip the end to block_size + 1 tokens",
                 bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, add_bos=tokenizer.add_bos, splits={})
     for split, ((ids, mask, offsets), counts) in done.items():
         ids.tofile(os.path.join(out_dir, f"{split}.ids.bin"))
@@ -256,13 +425,17 @@ def main(argv=None):
     ap.add_argument("--out_dir", default=None)
     ap.add_argument("--prompt_field", default=None)
     ap.add_argument("--response_field", default=None)
-    ap.add_argument("--messages_field", default="messages")
+    ap.add_argument("--messages_field", default=None, help="default: found by name (FORMATS)")
     ap.add_argument("--prompt_template", default=PROMPT_TEMPLATE)
     ap.add_argument("--response_template", default=RESPONSE_TEMPLATE)
+    ap.add_argument("--chat_template", default=None, help="a .jinja file; default: the model's own, else ChatML")
+    ap.add_argument("--pair_chat", action="store_true", help="render prompt/response pairs as a one-turn chat")
+    ap.add_argument("--system_prompt", default="", help="with --pair_chat: a system message first")
     a = ap.parse_args(argv)
     from model import resolve_checkpoint  # aliases ('smollm2-gguf') and hub names -> a local path
-    prepare(a.dataset, load_tokenizer(resolve_checkpoint(a.init_from)), a.out_dir, a.block_size, a.prompt_field, a.response_field,
-            a.messages_field, a.prompt_template, a.response_template)
+    prepare(a.dataset, load_tokenizer(resolve_checkpoint(a.init_from)), a.out_dir, a.block_size, a.prompt_field,
+            a.response_field, a.messages_field, a.prompt_template, a.response_template, a.chat_template, a.pair_chat,
+            a.system_prompt)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ GPT2_VOCAB = 50257
 
 def hf_config(kind, **overrides):
     """A tiny transformers config; every kind uses GPT-2's tokenizer, so vocab_size covers its 50257 tokens."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config, Qwen3Config
     small = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=GPT2_VOCAB, max_position_embeddings=128,
                  bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1)
@@ -32,6 +32,8 @@ def hf_config(kind, **overrides):
         c = LlamaConfig(**small)
     elif kind == "qwen2":
         c = Qwen2Config(**small)
+    elif kind == "qwen3":  # head_dim 16 != hidden_size / heads = 8, as in Qwen3-0.6B (128 != 1024 / 16)
+        c = Qwen3Config(**small, head_dim=16)
     else:
         raise ValueError(kind)
     for k, v in overrides.items():

@@ -21,6 +21,8 @@ CASES = {
     "llama-tied-llama3-rope": ("llama", {"tie_word_embeddings": True, "rope_parameters":
                                          {**LLAMA3_ROPE, "rope_theta": 500000.0}}),
     "qwen2-bias": ("qwen2", {}),
+    "qwen3-qk-norm-tied": ("qwen3", {"tie_word_embeddings": True}),
+    "qwen3-qk-norm-untied": ("qwen3", {"tie_word_embeddings": False}),
 }
 
 
@@ -82,7 +84,7 @@ def test_unpermute_inverts_llama_cpp_permutation():
     assert torch.equal(M.unpermute(permuted, n_head), w)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
     model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
     prompt = [5, 17, 300, 42, 7]
@@ -94,7 +96,7 @@ def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
     assert cached == seq[len(prompt):]
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 def test_padded_batch_equals_each_row_alone(tiny_checkpoint, kind):
     model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
     prompts = [[1, 2, 3], [9, 8, 7, 6, 5, 4, 3, 2], [100]]
@@ -118,7 +120,8 @@ def test_top_p_keeps_only_the_nucleus():
     assert picks == {0, 1}  # 0.5 + 0.3 reaches 0.7; 2 and 3 are outside the nucleus
 
 
-@pytest.mark.parametrize("case", ["gpt2", "llama-gqa-untied", "llama-tied-llama3-rope", "qwen2-bias"])
+@pytest.mark.parametrize("case", ["gpt2", "llama-gqa-untied", "llama-tied-llama3-rope", "qwen2-bias",
+                                  "qwen3-qk-norm-tied", "qwen3-qk-norm-untied"])
 def test_export_round_trip_through_transformers(tiny_checkpoint, tmp_path, case):
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
     kind, overrides = CASES[case]
@@ -130,9 +133,9 @@ def test_export_round_trip_through_transformers(tiny_checkpoint, tmp_path, case)
     ref = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     idx = torch.randint(0, tok.n_vocab, (2, 50))
     assert max_logit_diff(ours, ref, idx) <= 1e-4
-    # For model_type qwen2, AutoTokenizer swaps in Qwen2's own pre-tokenizer whatever tokenizer.json says,
+    # For model_type qwen2/qwen3, AutoTokenizer swaps in Qwen2's own pre-tokenizer whatever tokenizer.json says,
     # which only differs here because these tiny checkpoints pair GPT-2's tokenizer with every family.
-    tokenizer_class = PreTrainedTokenizerFast if kind == "qwen2" else AutoTokenizer
+    tokenizer_class = PreTrainedTokenizerFast if kind.startswith("qwen") else AutoTokenizer
     text = "Hello world, 1234 tokens!"
     assert tokenizer_class.from_pretrained(tmp_path / "export")(text)["input_ids"] == tok.encode(text)
     again, _ = M.load_checkpoint(str(tmp_path / "export"))

@@ -178,10 +178,11 @@ def test_bad_input(gpt2, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", GSM)
     with pytest.raises(ValueError, match="no field 'prompt'; available: question, answer"):
         prepare(data, gpt2, str(tmp_path / "o"), prompt_field="prompt", response_field="answer")
-    with pytest.raises(ValueError, match="records have fields question, answer; pass --prompt_field"):
-        prepare(data, gpt2, str(tmp_path / "o"))
+    odd = write_jsonl(tmp_path / "odd.jsonl", [{"q": "x", "a": "y"}] * 3)
+    with pytest.raises(ValueError, match="records have fields q, a, none of the known formats .*question/answer"):
+        prepare(odd, gpt2, str(tmp_path / "o"))
     chats = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}] * 3)
-    with pytest.raises(ValueError, match="no <\\|im_start\\|>/<\\|im_end\\|> special tokens"):
+    with pytest.raises(ValueError, match="no chat template and its tokenizer no <\\|im_start\\|>/<\\|im_end\\|>"):
         prepare(chats, gpt2, str(tmp_path / "o"))
     (tmp_path / "bad.jsonl").write_text('{"question": "x"\n')
     with pytest.raises(ValueError, match="not valid JSON"):
