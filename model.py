@@ -1,8 +1,9 @@
 """
 One decoder-only transformer for two checkpoint families, written from scratch:
 - GPT-2: learned positions, LayerNorm, tanh-GELU MLP, biases everywhere, tied lm_head.
-- Llama (also Mistral without sliding window, Qwen2): RMSNorm, rotate-half RoPE (optionally Llama 3.1 scaled),
-  SwiGLU MLP, grouped-query attention, optional q/k/v bias, tied or untied lm_head.
+- Llama (also Mistral without sliding window, Qwen2, Qwen3): RMSNorm, rotate-half RoPE (optionally Llama 3.1 scaled),
+  SwiGLU MLP, grouped-query attention, optional q/k/v bias (Qwen2), optional per-head q/k RMSNorm (Qwen3), tied or
+  untied lm_head.
 Plus loading (Hugging Face folders, GGUF, the hub, tokenwise checkpoints), export to Hugging Face, and
 KV-cached batched generation.
 """
@@ -34,6 +35,7 @@ class Config:
     rope_scaling: dict | None = None
     tie_embeddings: bool = True
     qkv_bias: bool = False
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head's q and k, before RoPE
     bos_id: int | None = None
     eos_id: int | None = None
 
@@ -88,6 +90,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim,
                              bias=cfg.qkv_bias or cfg.arch == "gpt2")
         self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.arch == "gpt2")
+        if cfg.qk_norm:
+            self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
 
     def forward(self, x, rope, mask, cache):
         cfg, (B, T, _) = self.cfg, x.shape
@@ -96,6 +101,8 @@ class Attention(nn.Module):
         q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
         k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
         v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
@@ -235,6 +242,9 @@ def sample(logits, temperature, top_p, generator):
     return order.gather(-1, choice).squeeze(-1)
 
 
+# =============================================================================
+# Checkpoint conversion. The model ends above; everything below maps other formats (Hugging Face folders, GGUF
+# files, the hub, our own ckpt.pt) onto it and back. Read it when you add an architecture, not to learn the model.
 # -----------------------------------------------------------------------------
 # Hugging Face layout: which HF tensors make up each of our parameters
 
@@ -261,6 +271,9 @@ def hf_layout(cfg):
             yield b + "attn.qkv.weight", [f"{h}self_attn.{x}_proj.weight" for x in "qkv"], False
             if cfg.qkv_bias:
                 yield b + "attn.qkv.bias", [f"{h}self_attn.{x}_proj.bias" for x in "qkv"], False
+            if cfg.qk_norm:
+                yield b + "attn.q_norm.weight", [h + "self_attn.q_norm.weight"], False
+                yield b + "attn.k_norm.weight", [h + "self_attn.k_norm.weight"], False
             yield b + "attn.proj.weight", [h + "self_attn.o_proj.weight"], False
             yield b + "norm2.weight", [h + "post_attention_layernorm.weight"], False
             yield b + "mlp.fc.weight", [h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"], False
@@ -305,8 +318,8 @@ def config_from_hf(c):
                       block_size=c["n_positions"], norm_eps=c.get("layer_norm_epsilon", 1e-5),
                       tie_embeddings=c.get("tie_word_embeddings", True), qkv_bias=True,
                       bos_id=c.get("bos_token_id"), eos_id=c.get("eos_token_id"))
-    if mt not in ("llama", "mistral", "qwen2"):
-        raise ValueError(f"unsupported model_type {mt!r}: tokenwise loads gpt2, llama, mistral and qwen2 checkpoints")
+    if mt not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise ValueError(f"unsupported model_type {mt!r}: tokenwise loads gpt2, llama, mistral, qwen2 and qwen3 checkpoints")
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}  # transformers >= 5 nests rope_theta in here
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
@@ -323,7 +336,7 @@ def config_from_hf(c):
                   rope_theta=c.get("rope_theta", rope.get("rope_theta", 10000.0)),
                   rope_scaling=rope if rope_type == "llama3" else None,
                   tie_embeddings=c.get("tie_word_embeddings", False),
-                  qkv_bias=mt == "qwen2" or c.get("attention_bias", False),
+                  qkv_bias=mt == "qwen2" or c.get("attention_bias", False), qk_norm=mt == "qwen3",
                   bos_id=c.get("bos_token_id"), eos_id=eos[0] if isinstance(eos, list) else eos)
 
 
@@ -334,10 +347,12 @@ def config_to_hf(cfg):
         return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=cfg.n_layer, n_head=cfg.n_head,
                     n_embd=cfg.n_embd, n_inner=cfg.intermediate_size, n_positions=cfg.block_size,
                     layer_norm_epsilon=cfg.norm_eps, activation_function="gelu_new", **common)
-    # Llama's attention_bias would also add a bias to o_proj; Qwen2 is the family with q/k/v bias only.
-    model_type = "qwen2" if cfg.qkv_bias else "llama"
+    # Llama's attention_bias would also add a bias to o_proj; Qwen2 is the family with q/k/v bias only, Qwen3 the
+    # one with q/k norms.
+    model_type = "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
+    arch = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[model_type]
     rope = dict(cfg.rope_scaling or {"rope_type": "default"}, rope_theta=cfg.rope_theta)
-    return dict(model_type=model_type, architectures=["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
+    return dict(model_type=model_type, architectures=[arch],
                 num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
                 hidden_size=cfg.n_embd, head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size,
                 max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, hidden_act="silu",
