@@ -338,3 +338,22 @@ def test_reference_loss_trains_as_the_fused_one(init, data, tmp_path):
 
 def test_rule_defaults_are_weights_defaults():
     assert {k: train.DEFAULTS[k] for k in weights.DEFAULTS} == weights.DEFAULTS
+
+
+def test_fused_adamw_steps_as_the_default_one():
+    """train.py's fused AdamW (one kernel, CPU included) against torch's default implementation."""
+    torch.manual_seed(0)
+    params = [torch.randn(32, 16, requires_grad=True), torch.randn(16, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    train.weight_decay, train.learning_rate, train.beta1, train.beta2 = 0.01, 1e-2, 0.9, 0.95
+    fused, plain = train.make_optimizer(params), torch.optim.AdamW(
+        [{'params': twins[:1], 'weight_decay': 0.01}, {'params': twins[1:], 'weight_decay': 0.0}],
+        lr=1e-2, betas=(0.9, 0.95), foreach=False)
+    assert fused.defaults['fused']
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in params]
+        for opt, ps in ((fused, params), (plain, twins)):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(params, twins))
