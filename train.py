@@ -361,7 +361,7 @@ def load_model_and_data(proc):
 
 def make_optimizer(params):
     """AdamW with weight decay on matrices and embeddings, not on norm gains and biases (as nanoGPT). fused: one
-    kernel for all parameters, on the CPU too (135M parameters: 0.036 s a step against 0.41 s for the default)."""
+    kernel over all parameters instead of a Python loop over them, on the CPU too (same results, tested)."""
     groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=True)
