@@ -5,7 +5,7 @@ rate x seed on 2 CPU cores, through the same data/prepare.py, train.py and weigh
 $ python lab.py            # pre-train once (cached), the full grid, the controls; out/lab/results.md and figures
 $ python lab.py --quick    # one learning rate, 2 seeds: a look in a few minutes
 
-A tiny Llama (4 layers, width 128, ~0.8M parameters, one token per character) is pre-trained on skill A, addition
+A tiny Llama (4 layers, width 128, 0.87M parameters, one token per character) is pre-trained on skill A, addition
 of 1-4-digit numbers with column-by-column worked solutions in the GSM8K format:
 
     Question: 385+47
@@ -14,8 +14,9 @@ of 1-4-digit numbers with column-by-column worked solutions in the GSM8K format:
     3+0+1=4
     #### 432
 
-then fine-tuned on skill B, a + b + 1 for 1-2-digit a and b, which the model has never seen but which is built from A's steps (a carry
-of 1 into the first column), with each worked line opened by one of 16 interchangeable connective words drawn at
+then fine-tuned on skill B, a + b + 1 for 1-2-digit a and b, which the model has never seen but which is built
+from A's steps (a carry of 1 into the first column), half of each seed's problems replayed from skill A, with each
+worked line opened by one of 16 interchangeable connective words drawn at
 random: *filler*, low-probability by construction and carrying no information (ProFit's "replaceable expressions"),
 beside the *core* tokens:
 
@@ -31,7 +32,8 @@ learning rate is chosen on a validation split and reported on the test split; a 
 (and train.py's order), and differences from SFT are paired by seed, with 95% confidence intervals.
 
 Controls: the same grid on data without filler, and an oracle SFT that masks the filler by ground truth.
-Resumable: every finished step leaves a file (a run's metrics.json, the pre-trained checkpoint) that a rerun reuses.
+Resumable: every finished step leaves a file (a run's val.json and test.json, the pre-trained checkpoint) that a
+rerun reuses.
 """
 import argparse
 import dataclasses

@@ -9,9 +9,9 @@ from data.loader import load_split
 from tokenizer import load_tokenizer
 
 
-def small_args(tmp_path, **kw):
+def small_args(tmp_path):
     return lab.parse_args(["--out", str(tmp_path), "--n_test", "30", "--n_val", "20", "--n_pretrain", "500",
-                           "--n_train", "40", *kw.get("extra", [])])
+                           "--n_train", "40"])
 
 
 def solved(problem):
