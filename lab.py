@@ -57,6 +57,7 @@ import train
 import weights
 from data.prepare import prepare
 from model import Config, Transformer, load_checkpoint, read_run_checkpoint
+from reproduce import VARIANTS  # name -> train.py overrides: the real-model reproduction's 7 variants
 from tokenizer import Tokenizer
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -67,16 +68,6 @@ FILLERS = ("also", "basically", "clearly", "duly", "equally", "further", "grante
 # character a word is determined, so a trained model can predict all of it but the first (p <= 1/16 < ProFit's 0.1)
 MODEL = dict(arch="llama", n_layer=4, n_head=4, n_kv_head=4, n_embd=128, intermediate_size=384, block_size=256,
              tie_embeddings=True)
-# name -> train.py overrides, as reproduce.py's VARIANTS
-VARIANTS = {
-    "sft": ["--rule=sft"],
-    "dft": ["--rule=dft"],
-    "infosft": ["--rule=infosft"],
-    "profit": ["--rule=profit"],
-    "prift-prob": ["--rule=prift", "--prift_mode=prob"],
-    "prift-mass": ["--rule=prift", "--prift_mode=mass"],
-    "infosft-prior": ["--rule=infosft", "--signal_model=prior"],
-}
 RUNS = {**VARIANTS, "oracle-sft": ["--rule=sft"]}  # the oracle: SFT on data whose filler has no loss mask
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
 

@@ -204,7 +204,7 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
 
 
 def test_offline_sources_and_one_line_errors(tmp_path, monkeypatch):
-    text = E.heldout_text("lee")  # shipped by gensim: no network, no ../shared
+    text = E.heldout_text("lee")  # shipped by gensim: no network needed
     assert len(text) > 300_000 and text.count("\n") >= 299
 
     def offline(*a, **kw):
