@@ -25,6 +25,7 @@ import subprocess
 import sys
 
 import eval as ev
+import report
 
 # name -> train.py overrides; the last one is an online rule moved to the prior signal, PriFT's general claim
 VARIANTS = {
@@ -39,7 +40,7 @@ VARIANTS = {
 # eval.py's table columns that the reproduction reports (none of them is a rule's training objective but the NLLs,
 # which are SFT's: read them by class, beside the multiple choice and the KL)
 REPORTED = ("NLL all", "NLL prose", "NLL number", "NLL calc", "NLL final", "MC acc_norm", "KL(base‖model)", "ppl / base")
-METRICS = [c for name in REPORTED for c in ev.COLUMNS if c[0] == name]
+METRICS = [c for name in REPORTED for c in report.COLUMNS if c[0] == name]
 
 
 def run(cmd):
@@ -99,7 +100,7 @@ def table(base, results, chosen):
     head = ["variant", "lr", "seeds", *[m[0] for m in METRICS], "mean w"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, runs in [("base", [(base, None)])] + list(results.items()):
-        cells = [cell([ev.measure(r, m) for r, _ in runs], m[3], 1) for m in METRICS]
+        cells = [cell([report.measure(r, m) for r, _ in runs], m[3], 1) for m in METRICS]
         weight = "–" if name == "base" else cell([w for _, w in runs], ".2f", 1)
         lines.append(f"| {name} | {chosen.get(name, '–')} | {len(runs) if name != 'base' else '–'} | "
                      + " | ".join(cells) + f" | {weight} |")
@@ -144,7 +145,7 @@ def main(argv=None):
         f.write(text + "\n")
     runs = [os.path.join(args.out, "base")] + [os.path.join(args.out, f"{n}-lr{chosen[n]:g}-s{s}", "test")
                                                for n in args.variants for s in args.seeds]
-    ev.compare(runs, os.path.join(args.out, "compare.png"))
+    report.compare(runs, os.path.join(args.out, "compare.png"))
 
 
 if __name__ == "__main__":

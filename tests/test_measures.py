@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import eval as E
+import report
 from conftest import GPT2_TOKENIZER_DIR
 from data.prepare import gsm8k
 from tokenizer import load_tokenizer
@@ -228,7 +229,7 @@ def test_cli_new_tasks_and_compare(tiny_checkpoint, tmp_path, monkeypatch, capsy
 def test_mcnemar_exact_p_by_hand():
     a = {i: i < 10 for i in range(30)}  # a right on 0..9
     b = {i: 2 <= i < 22 for i in range(31)}  # b right on 2..21: gains 10..21 (12), loses 0, 1 (2); 30 is b's alone
-    gained, lost, p = E.mcnemar(a, b)
+    gained, lost, p = report.mcnemar(a, b)
     assert (gained, lost) == (12, 2)
     assert p == pytest.approx(2 * (1 + 14 + 91) / 2 ** 14)  # 2 P(X <= 2), X ~ Binomial(14, 1/2)
-    assert E.mcnemar(a, a) == (0, 0, 1.0)
+    assert report.mcnemar(a, a) == (0, 0, 1.0)
