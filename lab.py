@@ -16,9 +16,10 @@ of 1-4-digit numbers with column-by-column worked solutions in the GSM8K format:
 
 then fine-tuned on skill B, a + b + 1 for 1-2-digit a and b, which the model has never seen but which is built
 from A's steps (a carry of 1 into the first column), half of each seed's problems replayed from skill A, with each
-worked line opened by one of 16 interchangeable connective words drawn at
-random: *filler*, low-probability by construction and carrying no information (ProFit's "replaceable expressions"),
-beside the *core* tokens:
+worked line opened by one of 16 interchangeable connective words drawn at random: *filler*, low-probability by
+construction and carrying no information (ProFit's "replaceable expressions"), beside the *core* tokens. Half of
+the pre-training problems are written with the same filler (--pretrain_filler), so that, like connectives in an
+LLM, the words are ones the model can write but cannot predict (p ~ 1/16 each):
 
     Question: 85+47+1
     Answer: hence 5+7+1=13
@@ -105,10 +106,10 @@ def number(rng):
     return int(rng.integers(0, 10 ** int(rng.integers(1, 5))))
 
 
-def skill_a(rng):
-    """Addition of two 1-4-digit numbers."""
+def skill_a(rng, filler=0.0):
+    """Addition of two 1-4-digit numbers, its lines opened by filler words with probability `filler`."""
     a, b = number(rng), number(rng)
-    return make_problem(f"{a}+{b}", column_lines(a, b), a + b, rng, filler=False)
+    return make_problem(f"{a}+{b}", column_lines(a, b), a + b, rng, filler=rng.random() < filler)
 
 
 def skill_b(rng, filler=True):
@@ -267,7 +268,7 @@ def held_out(args):
     the plain versions), and the pre-training problems, which avoid A's test and val. Each split has its own seed;
     fine-tuning draws with 100 + seed and 200 + seed."""
     a_test = draw(skill_a, args.n_test, 1)
-    pretrain = draw(skill_a, args.n_pretrain, 2, questions(a_test))
+    pretrain = draw(skill_a, args.n_pretrain, 2, questions(a_test), filler=args.pretrain_filler)
     a_val = draw(skill_a, args.n_val, 3, questions(a_test, pretrain))
     b_test = draw(skill_b, args.n_test, 4)
     b_val = draw(skill_b, args.n_val, 5, questions(b_test))
@@ -285,7 +286,8 @@ def finetune_problems(args, seed, held):
     of skill-A problems, none in A's test split, shuffled together."""
     n_replay = round(args.n_train * args.replay)
     problems = draw(skill_b, args.n_train - n_replay, 100 + seed, questions(held["b_test"], held["b_val"]))
-    problems += draw(skill_a, n_replay, 200 + seed, questions(held["a_test"], held["a_val"]))
+    problems += draw(skill_a, n_replay, 200 + seed, questions(held["a_test"], held["a_val"]),
+                     filler=args.pretrain_filler)
     random.Random(seed).shuffle(problems)
     return problems
 
@@ -324,22 +326,22 @@ def finetune_data(args, condition, seed, held, tok):
 
 def pretrain(args, held, tok):
     """The skill-A model, trained by train.py from a random tiny Llama in args.pretrain_dir; reused while its
-    training settings and its number of problems are unchanged."""
+    training settings and its problems (their number and filler fraction) are unchanged."""
     out, init = os.path.join(args.pretrain_dir, "pretrained"), os.path.join(args.pretrain_dir, "init")
     data_dir = os.path.join(args.pretrain_dir, "data", "pretrain", "prepared")
     overrides = [f"--max_steps={args.pretrain_steps}", "--learning_rate=2e-3", "--warmup=60", "--weight_decay=0.1",
                  "--batch_tokens=5120", "--grad_accum=1", "--bucket_window=8192", "--seed=0"]
-    ckpt = os.path.join(out, "ckpt.pt")
-    if os.path.exists(ckpt):
+    problems = dict(n_pretrain=args.n_pretrain, pretrain_filler=args.pretrain_filler)
+    stamp = os.path.join(out, "problems.json")
+    if os.path.exists(stamp) and load_json(stamp) == problems:
         want = train.configure(run_argv(out, init, data_dir, overrides))
-        have = read_run_checkpoint(ckpt)["config"]
-        examples = load_json(os.path.join(data_dir, "meta.json"))["splits"]["train"]["examples"]
-        if examples == args.n_pretrain and all(have.get(k) == v for k, v in want.items()
-                                               if k not in train.RESUME_FREE):
+        have = read_run_checkpoint(os.path.join(out, "ckpt.pt"))["config"]
+        if all(have.get(k) == v for k, v in want.items() if k not in train.RESUME_FREE):
             return out
     save_initial_model(init)
     write_prepared(os.path.dirname(data_dir), held["pretrain"], held["a_test"][:64], tok)
     run_train(out, init, data_dir, overrides)
+    save_json(problems, stamp)  # written last: a checkpoint without it is retrained
     return out
 
 
@@ -536,6 +538,9 @@ def parse_args(argv):
     p.add_argument("--n_measure", type=int, default=500, help="problems for the KL, NLL and weight measures")
     p.add_argument("--n_pretrain", type=int, default=100_000)
     p.add_argument("--pretrain_steps", type=int, default=1500)
+    p.add_argument("--pretrain_filler", type=float, default=0.5,
+                   help="fraction of the pre-training (and replayed) problems written with filler: 0 makes the "
+                        "filler words new to the model")
     p.add_argument("--workers", type=int, default=2, help="processes of one thread each (seeds are shared out)")
     p.add_argument("--no_gate", action="store_true", help="run the grid even if the pilot cell misses 20-80%%")
     args = p.parse_args(argv)
@@ -546,7 +551,8 @@ def parse_args(argv):
     return args
 
 
-SETTINGS = ("n_train", "replay", "epochs", "n_test", "n_val", "n_measure", "n_pretrain", "pretrain_steps")
+SETTINGS = ("n_train", "replay", "epochs", "n_test", "n_val", "n_measure", "n_pretrain", "pretrain_steps",
+            "pretrain_filler")
 
 
 def check_settings(args):

@@ -61,6 +61,23 @@ def test_splits_are_disjoint_and_the_seed_resamples_the_training_problems(tmp_pa
     assert sum(p["question"].count("+") == 1 for p in replay) == 10  # skill A: a+b; skill B: a+b+1
 
 
+def test_pretraining_shows_the_filler_words_on_the_fraction_asked(tmp_path):
+    """The filler must be in the pre-trained model's repertoire (as real connectives are in an LLM's), on about
+    --pretrain_filler of skill A, and the same in the replay; A's held-out splits stay without it."""
+    for fraction in (0.0, 0.5):
+        args = lab.parse_args(["--out", str(tmp_path), "--n_test", "30", "--n_val", "20", "--n_pretrain", "2000",
+                               "--n_train", "400", "--pretrain_filler", str(fraction)])
+        held = lab.held_out(args)
+        with_filler = [("f" in p["label"]) for p in held["pretrain"]]
+        assert abs(np.mean(with_filler) - fraction) < 0.04
+        for p in held["pretrain"]:  # all of a problem's lines or none of them
+            lines = p["answer"].split("\n")[:-1]
+            assert sum(line.split(" ")[0] in lab.FILLERS for line in lines) == len(lines) * ("f" in p["label"])
+        replay = [p for p in lab.finetune_problems(args, 0, held) if p["question"].count("+") == 1]
+        assert abs(np.mean([("f" in p["label"]) for p in replay]) - fraction) < 0.1
+        assert not any("f" in p["label"] for p in held["a_test"] + held["a_val"])
+
+
 def test_tokenizer_round_trip_and_oracle_mask(tmp_path):
     tok = lab.char_tokenizer()
     tok.save(tmp_path / "tok")
