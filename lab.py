@@ -643,6 +643,7 @@ def main(argv=None):
     lines = [f"# tokenwise lab: `python lab.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), learning rates {', '.join(f'{lr:g}' for lr in args.lrs)}; "
              f"{args.n_train} fine-tuning problems per seed (replay {args.replay:.0%}), {args.epochs:g} epochs; "
+             f"filler in {args.pretrain_filler:.0%} of the pre-training problems; "
              f"{args.n_test} test problems per skill; this invocation ran {minutes:.1f} min.", ""]
     for c in conditions:
         lines += [f"## {c} data: test, each rule at its validation-chosen lr (mean ± 95% CI; Δ paired by seed)", "",
