@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from train import matmul_flops, native_bf16
+from train import make_optimizer, matmul_flops, native_bf16
 from weights import RULES, token_weights, weighted_loss
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16)
@@ -139,10 +139,48 @@ def load_pair(args):
     return ours.train(), theirs.train(), tok
 
 
+def trl_trainer(args, ours, tok, x, dname, out_dir, steps, before_step, timed):
+    """TRL's SFTTrainer with loss_type='dft' (its chunked fused_lm_head path) on a copy of the same weights, exported
+    to an HF folder and read back, and an in-memory dataset of the same pre-tokenized rows. Its own loop drives the
+    rounds: before_step(r) runs every other variant's step of round r, then timed(r, start) brackets TRL's own step
+    (forward, loss, backward, fused AdamW, scheduler; the next batch is collated before the clock starts)."""
+    from datasets import Dataset, disable_progress_bars
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+    from model import export_hf
+
+    class Rounds(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            before_step(state.global_step)
+            timed(state.global_step, start=True)
+
+        def on_step_end(self, a, state, control, **kw):
+            timed(state.global_step - 1, start=False)
+
+    with tempfile.TemporaryDirectory() as d:
+        export_hf(ours, tok, d)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(args.device)
+        tokenizer = AutoTokenizer.from_pretrained(d)
+    rows = Dataset.from_dict({'input_ids': x.tolist() * steps})
+    disable_progress_bars()  # the trainer's dataset preparation; the final metrics line goes with PrinterCallback
+    # SFTTrainer's defaults (fused AdamW among them), but the work of the other variants: no activation
+    # checkpointing, no gradient clipping; and no saving, logging or tqdm; bf16 = its autocast
+    cfg = SFTConfig(output_dir=out_dir, loss_type='dft', per_device_train_batch_size=len(x),
+                    max_steps=steps, max_length=x.shape[1], activation_checkpointing=False, max_grad_norm=0.0,
+                    bf16=dname == 'bf16', use_cpu=args.device == 'cpu', save_strategy='no', logging_strategy='no',
+                    report_to=[], disable_tqdm=True, seed=0)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=rows, processing_class=tokenizer, callbacks=[Rounds()])
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def bench_train(args):
-    """Training steps (forward, loss, backward, AdamW) on one batch: tokenwise with each rule against
-    transformers with plain cross-entropy, the same weights and tokens."""
-    ours, theirs, _ = load_pair(args)
+    """Training steps on one batch, in interleaved rounds (each round runs every variant once, so load drift on a
+    shared machine hits all alike): tokenwise with each rule (forward, fused loss, backward, train.py's fused AdamW)
+    against transformers' LlamaForCausalLM with F.cross_entropy and plain torch.optim.AdamW, and
+    against TRL's SFTTrainer(loss_type='dft'), on the same weights and tokens. Each ratio is the median, and the
+    range, of the per-round ratios."""
+    ours, theirs, tok = load_pair(args)
     g = torch.Generator().manual_seed(0)
     B, T, V = args.train_batch, args.train_seq, ours.config.vocab_size
     x, y = torch.randint(V, (2, B, T), generator=g).to(args.device)
@@ -151,13 +189,15 @@ def bench_train(args):
     n_params = sum(p.numel() for p in ours.parameters())
     compile_ = args.device == 'cuda' if args.compile is None else args.compile
     fwd = torch.compile(ours) if compile_ else ours  # as train.py runs it
+    rounds = args.train_rounds
     print(f"== train: {B}x{T} tokens, {args.model} ({n_params / 1e6:.0f}M params), {args.device}, "
           f"{torch.get_num_threads()} threads, tokenwise {'compiled' if compile_ else 'eager'}, transformers eager; "
-          f"tokens/s = median over {args.iters} interleaved steps")
+          f"{args.warmup} + {rounds} interleaved rounds; tokens/s: median; ratios: median [min-max] over rounds")
     for dname in args.dtype:
         dtype = DTYPES[dname]
-        opts = {name: torch.optim.AdamW((theirs if name == 'transformers' else ours).parameters(), lr=1e-6)
-                for name in ['transformers', *RULES]}
+        # transformers: PyTorch's default AdamW, a Python loop over the parameters on the CPU; tokenwise: train.py's
+        opts = {'transformers': torch.optim.AdamW(theirs.parameters(), lr=1e-6)}
+        opts.update({name: make_optimizer(list(ours.parameters())) for name in RULES})
 
         def step(name):
             with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
@@ -170,24 +210,46 @@ def bench_train(args):
             opts[name].step()
             opts[name].zero_grad(set_to_none=True)
 
-        times, mem = {name: [] for name in opts}, {name: [] for name in opts}
-        for r in range(args.warmup + args.iters):
+        names = list(opts) + (['trl'] if args.trl else [])
+        times, mem, clock = {name: [] for name in names}, {name: [] for name in names}, {}
+
+        def timed(name, r, start):  # start: open the clock; else: close it and keep the round if it is past warm-up
+            if start:
+                clock[name] = peak_start(args.device), time.perf_counter()
+                return
+            sync(args.device)
+            dt = time.perf_counter() - clock[name][1]
+            if r >= args.warmup:
+                times[name].append(dt)
+                mem[name].append(peak_end(args.device) - clock[name][0])
+
+        def round_(r):
             for name in opts:
-                base = peak_start(args.device)
-                t0 = time.perf_counter()
+                timed(name, r, start=True)
                 step(name)
-                sync(args.device)
-                if r >= args.warmup:
-                    times[name].append(time.perf_counter() - t0)
-                    mem[name].append(peak_end(args.device) - base)
+                timed(name, r, start=False)
+
+        if args.trl:
+            with tempfile.TemporaryDirectory() as out:
+                trl_trainer(args, ours, tok, x, dname, out, args.warmup + rounds, round_,
+                            lambda r, start: timed('trl', r, start)).train()
+        else:
+            for r in range(args.warmup + rounds):
+                round_(r)
         peak = matmul_flops(args.device, dtype, n=2048, reps=10)
         tps = {name: B * T / statistics.median(t) for name, t in times.items()}
+
+        def ratio(name, base):
+            per_round = [b / t for t, b in zip(times[name], times[base])]
+            return f"{statistics.median(per_round):.2f} [{min(per_round):.2f}-{max(per_round):.2f}]"
+
         print(f"-- {dname}: measured matmul peak {peak / 1e9:.0f} GFLOP/s")
-        print('{:<13} {:>9} {:>15} {:>10} {:>12} {:>7}'.format('variant', 'tokens/s', '/ transformers', '/ sft',
+        print('{:<13} {:>9} {:>18} {:>18} {:>12} {:>7}'.format('variant', 'tokens/s', '/ transformers', '/ trl',
                                                                 'step peak MB', 'MFU'))
-        for name in opts:
-            print(f"{name:<13} {tps[name]:9.0f} {tps[name] / tps['transformers']:15.2f} {tps[name] / tps['sft']:10.3f} "
-                  f"{max(mem[name]):12.0f} {6 * n_params * tps[name] / peak:7.1%}")
+        for name in names:
+            vs_trl = ratio(name, 'trl') if args.trl else ''
+            print(f"{name:<13} {tps[name]:9.0f} {ratio(name, 'transformers'):>18} {vs_trl:>18} {max(mem[name]):12.0f} "
+                  f"{6 * n_params * tps[name] / peak:7.1%}")
 
 
 def bench_generate(args):
@@ -250,6 +312,9 @@ def main():
                     '(default: on CUDA, as train.py does)')
     ap.add_argument('--train_batch', type=int, default=4)
     ap.add_argument('--train_seq', type=int, default=256)
+    ap.add_argument('--train_rounds', type=int, default=5, help='train: timed interleaved rounds (--iters: the others)')
+    ap.add_argument('--trl', action=argparse.BooleanOptionalAction, default=True,
+                    help="train: TRL's SFTTrainer(loss_type='dft') as a second baseline (requirements-dev.txt)")
     ap.add_argument('--gen_batch', type=int, default=8)
     ap.add_argument('--gen_tokens', type=int, default=64)
     args = ap.parse_args()
