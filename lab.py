@@ -58,6 +58,7 @@ import train
 import weights
 from data.prepare import prepare
 from model import Config, Transformer, load_checkpoint, read_run_checkpoint
+from report import mean_ci
 from reproduce import VARIANTS  # name -> train.py overrides: the real-model reproduction's 7 variants
 from tokenizer import Tokenizer
 
@@ -70,7 +71,6 @@ FILLERS = ("also", "basically", "clearly", "duly", "equally", "further", "grante
 MODEL = dict(arch="llama", n_layer=4, n_head=4, n_kv_head=4, n_embd=128, intermediate_size=384, block_size=256,
              tie_embeddings=True)
 RUNS = {**VARIANTS, "oracle-sft": ["--rule=sft"]}  # the oracle: SFT on data whose filler has no loss mask
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
 
 
 # -----------------------------------------------------------------------------
@@ -414,13 +414,6 @@ def load_json(path):
 
 # -----------------------------------------------------------------------------
 # Statistics, the table and the figures
-
-def mean_ci(values):
-    """(mean, half-width of the 95% confidence interval of the mean: Student t over len(values) seeds)."""
-    if len(values) < 2:
-        return statistics.mean(values), float("nan")
-    return statistics.mean(values), T975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
-
 
 def choose_lr(val, seeds, lrs):
     """The learning rate with the best mean validation accuracy on skill B (ties: the smaller lr)."""

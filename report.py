@@ -5,6 +5,7 @@ has), paired exact McNemar tests on the multiple choice against the first run, a
 import json
 import math
 import os
+import statistics
 import sys
 
 from eval import CLASSES
@@ -56,6 +57,16 @@ def mcnemar(a, b):
     gained, lost = sum(b[i] and not a[i] for i in both), sum(a[i] and not b[i] for i in both)
     n = gained + lost
     return gained, lost, min(1.0, 2 * sum(math.comb(n, j) for j in range(min(gained, lost) + 1)) / 2 ** n)
+
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student t
+
+
+def mean_ci(values):
+    """(mean, half-width of the 95% confidence interval of the mean: Student t over len(values) seeds)."""
+    if len(values) < 2:
+        return statistics.mean(values), float("nan")
+    return statistics.mean(values), T975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
 
 
 # (column, eval.json task, key or (key, subkey), format): the table's and the figure's measures, in this order

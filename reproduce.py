@@ -107,6 +107,25 @@ def table(base, results, chosen):
     return "\n".join(lines)
 
 
+PAIRED = [m for m in METRICS if m[0] in ("NLL all", "NLL final", "MC acc_norm", "KL(base‖model)")]
+
+
+def paired_table(results):
+    """Each variant minus SFT at the same seed (the same training examples in the same order): mean [95% CI]."""
+    lines = ["| variant | " + " | ".join(f"Δ {m[0]}" for m in PAIRED) + " |", "|---" * (len(PAIRED) + 1) + "|"]
+    for name, runs in results.items():
+        if name == "sft":
+            continue
+        cells = []
+        for m in PAIRED:
+            scale, fmt = (100, "+.1f") if m[3].endswith("%") else (1, "+" + m[3])  # accuracies in points
+            diffs = [scale * (report.measure(r, m) - report.measure(s, m)) for (r, _), (s, _) in zip(runs, results["sft"])]
+            mean, half = report.mean_ci(diffs)
+            cells.append(f"{mean:{fmt}} [{mean - half:{fmt}}, {mean + half:{fmt}}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -140,6 +159,9 @@ def main(argv=None):
     text = ("Learning rate chosen on the validation questions (first seed):\n\n| variant | lr | val MC acc_norm | "
             "val NLL |\n|---|---|---|---|\n" + "\n".join(selection) + "\n\nAt the chosen rate, mean ± std over "
             "seeds:\n\n" + table(base, results, {k: f"{v:g}" for k, v in chosen.items()}))
+    if "sft" in results and len(results) > 1:
+        text += ("\n\nDifference from SFT, paired by seed (same examples, same order), mean [95% CI] over "
+                 f"{len(args.seeds)} seeds:\n\n" + paired_table(results))
     print(text)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text + "\n")

@@ -36,3 +36,21 @@ def test_table_reports_the_non_objective_measures():
     head, _, base, sft = text.splitlines()
     assert "NLL calc" in head and "MC acc_norm" in head and "KL(base‖model)" in head
     assert "| sft | 1e-4 | 2 | 1.000 ± 0.000 |" in sft and "60.0% ± 14.1%" in sft and base.startswith("| base | – | – |")
+
+
+def test_mean_ci_is_student_t_over_seeds():
+    import report
+    mean, half = report.mean_ci([1.0, 2.0, 4.0])  # std sqrt(7/3), t(2) = 4.303
+    assert mean == 7 / 3 and abs(half - 4.303 * (7 / 3) ** 0.5 / 3 ** 0.5) < 1e-12
+
+
+def test_paired_table_subtracts_sft_seed_by_seed():
+    def run(acc, kl):
+        return {"gsm8k_classes": {"nll": 1.0, "final": {"nll": 2.0}}, "gsm8k_mc": {"acc_norm": acc}, "kl": {"kl": kl}}
+    # SFT's seeds differ by 0.2 in accuracy; DFT is 0.1 below SFT on every seed: the paired interval has no width
+    results = {"sft": [(run(0.5, 0.01), 1.0), (run(0.7, 0.01), 1.0)],
+               "dft": [(run(0.4, 0.03), 0.6), (run(0.6, 0.05), 0.6)]}
+    head, _, dft = reproduce.paired_table(results).splitlines()
+    assert head == "| variant | Δ NLL all | Δ NLL final | Δ MC acc_norm | Δ KL(base‖model) |"
+    assert "| -10.0 [-10.0, -10.0] |" in dft  # points, not fractions
+    assert "+0.0300 [-0.0971, +0.1571]" in dft  # mean 0.03, t(1) = 12.706 x 0.01414 / 1.414
