@@ -69,18 +69,18 @@ def rotate_half(x):
 
 
 class KVCache:
-    """Preallocated keys/values of one layer; every row of the batch writes at the same slot."""
+    """Preallocated keys/values of one layer. Shapes never change, so a compiled decode step can be replayed as a CUDA
+    graph: each call writes at cache slots `slots` (the same for every row) and attention sees the whole cache, the
+    mask hiding padding and slots not yet written."""
 
     def __init__(self, batch, n_kv_head, length, head_dim, device, dtype):
         self.k = torch.zeros(batch, n_kv_head, length, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        self.len = 0
 
-    def update(self, k, v):
-        end = self.len + k.shape[2]
-        self.k[:, :, self.len:end], self.v[:, :, self.len:end] = k, v
-        self.len = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, slots, k, v):
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return self.k, self.v
 
 
 class Attention(nn.Module):
@@ -107,7 +107,8 @@ class Attention(nn.Module):
             cos, sin = rope
             q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
-            k, v = cache.update(k, v)
+            kv, slots = cache
+            k, v = kv.update(slots, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=cfg.n_kv_head != cfg.n_head)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -169,10 +170,10 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx, pos=None, mask=None, caches=None, return_hidden=False):
+    def forward(self, idx, pos=None, mask=None, caches=None, slots=None, return_hidden=False):
         """idx (B, T) -> logits (B, T, vocab), or the final-normed hidden states with return_hidden.
-        pos (B, T) and a boolean attention mask (B, 1, T, keys) are only needed for padded generation;
-        without them attention is causal over positions 0..T-1 (right padding needs nothing more)."""
+        pos (B, T), a boolean attention mask (B, 1, T, cache length), caches and the cache slots (T,) to write are only
+        needed for generation; without them attention is causal over positions 0..T-1 (right padding needs nothing more)."""
         T = idx.shape[1]
         if pos is None:
             if T > self.config.block_size:
@@ -185,7 +186,7 @@ class Transformer(nn.Module):
         else:
             rope = (self.rope_cos[pos].unsqueeze(-3).to(x.dtype), self.rope_sin[pos].unsqueeze(-3).to(x.dtype))
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, None if caches is None else caches[i])
+            x = block(x, rope, mask, None if caches is None else (caches[i], slots))
         x = self.norm(x)
         return x if return_hidden else self.lm_head(x)
 
@@ -204,13 +205,19 @@ class Transformer(nn.Module):
             idx[i, P - len(p):] = torch.tensor(p, device=device)
             real[i, P - len(p):P] = True
         pos = (real[:, :P].cumsum(1) - 1).clamp(min=0)
-        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-        # Padding slots attend to themselves so they stay finite (0 · NaN would poison the real rows).
-        mask = (causal & real[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        # Prefill: query i sees real keys 0..i; padding slots attend to themselves so they stay finite (0 · NaN would
+        # poison the real rows); slots P.. are not written yet.
+        causal = torch.ones(P, L, dtype=torch.bool, device=device).tril()
+        mask = (causal & real[:, None, None, :]) | torch.eye(P, L, dtype=torch.bool, device=device)
         dtype = self.tok_emb.weight.dtype
         caches = [KVCache(B, cfg.n_kv_head, L, cfg.head_dim, device, dtype) for _ in range(cfg.n_layer)]
+        step = self.decode_step
+        if device.type == "cuda":  # one token per row is launch-bound: replay the step as a CUDA graph (gpt-fast)
+            for c in caches:  # the graph writes in place at fixed addresses, as into parameters
+                torch._dynamo.mark_static_address(c.k), torch._dynamo.mark_static_address(c.v)
+            step = torch.compile(self.decode_step, mode="reduce-overhead", fullgraph=True)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        logits = self(idx, pos, mask, caches)[:, -1]
+        logits = self(idx, pos, mask, caches, torch.arange(P, device=device))[:, -1]
         out, done = [[] for _ in range(B)], [False] * B
         for t in range(max_new_tokens):
             nxt = sample(logits.float(), temperature, top_p, gen)
@@ -226,8 +233,12 @@ class Transformer(nn.Module):
                 break
             real[:, P + t] = True
             pos = pos[:, -1:] + 1
-            logits = self(nxt[:, None], pos, real[:, None, None, :P + t + 1], caches)[:, -1]
+            logits = step(nxt[:, None], pos, torch.tensor([P + t], device=device), real[:, None, None, :], caches)
         return out
+
+    def decode_step(self, idx, pos, slots, mask, caches):
+        """One new token per row (B, 1) at cache slot `slots` (1,) -> next-token logits (B, vocab). Fixed shapes."""
+        return self(idx, pos, mask, caches, slots)[:, -1]
 
 
 def sample(logits, temperature, top_p, generator):

@@ -86,14 +86,16 @@ def test_unpermute_inverts_llama_cpp_permutation():
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
+    # Left-padded batch of different lengths through the static cache vs a full forward per token, row by row.
     model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
-    prompt = [5, 17, 300, 42, 7]
-    cached = model.generate([prompt], 20)[0]
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(20):
-            seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
-    assert cached == seq[len(prompt):]
+    prompts = [[5, 17, 300, 42, 7], [9], [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]]
+    cached = model.generate(prompts, 20)
+    for prompt, row in zip(prompts, cached):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(20):
+                seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
+        assert row == seq[len(prompt):]
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
