@@ -253,7 +253,8 @@ def bench_train(args):
 
 
 def bench_generate(args):
-    """Greedy generation of a padded batch with a KV cache: tokenwise against transformers' generate."""
+    """Greedy generation of a padded batch with a static KV cache: tokenwise against transformers' generate, with its
+    default (dynamic) cache and with cache_implementation='static'. Each ratio is the median of --iters rounds."""
     ours, theirs, tok = load_pair(args)
     g = torch.Generator().manual_seed(0)
     V, B, new = ours.config.vocab_size, args.gen_batch, args.gen_tokens
@@ -262,12 +263,15 @@ def bench_generate(args):
     ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=args.device)
     attn = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=args.device)
     print(f"== generate: {B} prompts of 16-63 tokens, {new} new tokens each, greedy, {args.device}")
+
+    def hf(**kw):
+        return lambda: theirs.generate(ids, attention_mask=attn, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                       pad_token_id=0, **kw)[:, P:].tolist()
     for dname in args.dtype:
         dtype = DTYPES[dname]
         ours.to(dtype).eval(), theirs.to(dtype).eval()
-        runs = dict(tokenwise=lambda: ours.generate(prompts, new),
-                    transformers=lambda: theirs.generate(ids, attention_mask=attn, max_new_tokens=new, min_new_tokens=new,
-                                                         do_sample=False, pad_token_id=0)[:, P:].tolist())
+        runs = dict(tokenwise=lambda: ours.generate(prompts, new), transformers=hf(),
+                    transformers_static=hf(cache_implementation="static"))
         times, outs = {name: [] for name in runs}, {}
         with torch.inference_mode():
             for r in range(args.warmup + args.iters):
@@ -278,9 +282,11 @@ def bench_generate(args):
                     if r >= args.warmup:
                         times[name].append(time.perf_counter() - t0)
         tps = {name: B * new / statistics.median(t) for name, t in times.items()}
-        same = sum(a == b for a, b in zip(outs['tokenwise'], outs['transformers']))
-        print(f"-- {dname}: tokenwise {tps['tokenwise']:.0f} tokens/s, transformers {tps['transformers']:.0f} tokens/s, "
-              f"ratio {tps['tokenwise'] / tps['transformers']:.2f}; identical rows {same}/{B}")
+        for name in ('transformers', 'transformers_static'):
+            ratios = sorted(a / b for a, b in zip(times[name], times['tokenwise']))  # paired by round
+            same = sum(a == b for a, b in zip(outs['tokenwise'], outs[name]))
+            print(f"-- {dname}: tokenwise {tps['tokenwise']:.0f} tokens/s, {name} {tps[name]:.0f} tokens/s, ratio "
+                  f"{statistics.median(ratios):.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]; identical rows {same}/{B}")
 
 
 def bench_peak(args):
