@@ -3,7 +3,7 @@ The lab: a synthetic task where the truth about every token is known, small enou
 rate x seed on 2 CPU cores, through the same data/prepare.py, train.py and weights.py that real runs use.
 
 $ python lab.py            # pre-train once (cached), the full grid, the controls; out/lab/results.md and figures
-$ python lab.py --quick    # one learning rate, 2 seeds: a look in a few minutes
+$ python lab.py --quick    # one learning rate, 2 seeds, 4 variants, no controls: a look in ~5 minutes
 
 A tiny Llama (4 layers, width 128, 0.87M parameters, one token per character) is pre-trained on skill A, addition
 of 1-4-digit numbers with column-by-column worked solutions in the GSM8K format:
@@ -511,15 +511,16 @@ def plot(path, conditions, names, val, test, base, seeds, lrs):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="one learning rate (--quick_lr), seeds 0 and 1")
+    p.add_argument("--quick", action="store_true", help="one learning rate (--quick_lr), seeds 0 and 1, no controls, "
+                   "and unless --variants is given sft, dft, profit and prift-prob: a look in about 5 minutes")
     p.add_argument("--out", default="out/lab", help="the fine-tuning runs, results.md and the figures")
     p.add_argument("--pretrain_dir", default="out/lab", help="the pre-trained model (and its data), shared")
     p.add_argument("--lrs", type=float, nargs="+", default=[4e-4, 8e-4, 1.6e-3])
     p.add_argument("--quick_lr", type=float, default=8e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
-                   help="the no-filler grid and the oracle SFT")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, help="default: all seven")
+    p.add_argument("--controls", action=argparse.BooleanOptionalAction,
+                   help="the no-filler grid and the oracle SFT (default: on, off with --quick)")
     p.add_argument("--control_variants", nargs="+", default=["sft", "dft", "profit", "prift-mass"], choices=VARIANTS,
                    help="the variants of the no-filler grid (the rules that drop or shrink low-p tokens; all seven "
                         "would not fit in 45 minutes)")
@@ -537,8 +538,11 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=2, help="processes of one thread each (seeds are shared out)")
     p.add_argument("--no_gate", action="store_true", help="run the grid even if the pilot cell misses 20-80%%")
     args = p.parse_args(argv)
-    if args.quick:
+    if args.quick:  # each (variant, seed) cell costs ~25 s of one core: 4 variants x 2 seeds, val and test
         args.lrs, args.seeds = [args.quick_lr], args.seeds[:2]
+        args.variants = args.variants or ["sft", "dft", "profit", "prift-prob"]
+    args.variants = args.variants or list(VARIANTS)
+    args.controls = not args.quick if args.controls is None else args.controls
     if "sft" not in args.variants or "sft" not in args.control_variants:
         p.error("the variants must include sft: every difference is paired against it")
     return args

@@ -99,8 +99,16 @@ def test_tokenizer_round_trip_and_oracle_mask(tmp_path):
     assert np.asarray(oracle["mask"]).sum() == np.asarray(split["plain"]["mask"]).sum()
 
 
+def test_quick_is_one_lr_two_seeds_four_variants_and_no_controls_unless_asked():
+    quick, full = lab.parse_args(["--quick"]), lab.parse_args([])
+    assert (quick.lrs, quick.seeds, quick.controls) == ([8e-4], [0, 1], False)
+    assert quick.variants == ["sft", "dft", "profit", "prift-prob"]
+    assert full.controls and full.variants == list(lab.VARIANTS) and len(full.lrs) == 3 and len(full.seeds) == 4
+    assert lab.parse_args(["--quick", "--controls", "--variants", "sft", "dft"]).controls
+
+
 def test_quick_end_to_end_and_resume(tmp_path, capsys):
-    argv = ["--quick", "--out", str(tmp_path), "--pretrain_dir", str(tmp_path), "--variants", "sft", "profit", "prift-mass", "--n_pretrain", "2000",
+    argv = ["--quick", "--controls", "--out", str(tmp_path), "--pretrain_dir", str(tmp_path), "--variants", "sft", "profit", "prift-mass", "--n_pretrain", "2000",
             "--pretrain_steps", "20", "--n_test", "16", "--n_val", "16", "--n_measure", "16", "--n_train", "24",
             "--epochs", "1", "--no_gate"]
     lab.main(argv)
