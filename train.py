@@ -106,7 +106,7 @@ def main(argv):
     del ckpt
     raw_model.train()
     fwd = torch.compile(raw_model) if compile and proc.device_type == 'cuda' else raw_model
-    ranks = [int(os.environ['LOCAL_RANK'])] if proc.device_type == 'cuda' else None
+    ranks = [int(os.environ['LOCAL_RANK'])] if proc.ddp and proc.device_type == 'cuda' else None
     model = DDP(fwd, device_ids=ranks) if proc.ddp else fwd
     n_params, peak = sum(p.numel() for p in params), peak_flops or default_peak(proc)
     val_batches = plan_batches(val['b'] - val['a'] - 1, batch_tokens, len(val['a']), np.random.default_rng(0))
