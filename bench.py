@@ -270,6 +270,8 @@ def bench_generate(args):
     for dname in args.dtype:
         dtype = DTYPES[dname]
         ours.to(dtype).eval(), theirs.to(dtype).eval()
+        if args.device == 'cuda':  # as eval.py does: fixed-size caches, one compiled CUDA-graph decode step
+            ours.setup_caches(B, P + new)
         runs = dict(tokenwise=lambda: ours.generate(prompts, new), transformers=hf(),
                     transformers_static=hf(cache_implementation="static"))
         times, outs = {name: [] for name in runs}, {}

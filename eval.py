@@ -76,6 +76,8 @@ def generate_texts(model, tok, prompts, max_new, stops, batch_size, what, temper
         text = tok.decode(new[-32:])
         return any(s in text for s in stops)
 
+    if model.tok_emb.weight.device.type == "cuda":  # one set of fixed shapes: the decode step compiles once
+        model.setup_caches(min(batch_size, len(ids)), max(map(len, ids)) + max_new)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out, t0 = [None] * len(ids), time.time()
     for b in range(0, len(order), batch_size):

@@ -160,6 +160,7 @@ class Transformer(nn.Module):
             freqs = torch.cat((freqs, freqs), dim=-1)
             self.register_buffer("rope_cos", freqs.cos().float(), persistent=False)
             self.register_buffer("rope_sin", freqs.sin().float(), persistent=False)
+        self.caches = None  # setup_caches() keeps fixed-size KV caches here for generate()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -190,15 +191,38 @@ class Transformer(nn.Module):
         x = self.norm(x)
         return x if return_hidden else self.lm_head(x)
 
+    def setup_caches(self, batch, length):
+        """Keep KV caches for up to `batch` rows of `length` tokens and use them in every generate() call that fits
+        (gpt-fast's setup_caches). Fixed shapes at fixed addresses let the decode step be compiled once and, on CUDA,
+        replayed as one recorded CUDA graph; smaller batches are padded to `batch` rows."""
+        dev, dtype = self.tok_emb.weight.device, self.tok_emb.weight.dtype
+        cfg = self.config
+        self.caches = [KVCache(batch, cfg.n_kv_head, length, cfg.head_dim, dev, dtype) for _ in range(cfg.n_layer)]
+        self.compiled_step = self.decode_step
+        if dev.type == "cuda":  # one token per row is launch-bound: replay the whole step as a CUDA graph
+            for c in self.caches:  # the graph writes in place at these addresses, as into parameters
+                torch._dynamo.mark_static_address(c.k), torch._dynamo.mark_static_address(c.v)
+            self.compiled_step = torch.compile(self.decode_step, mode="reduce-overhead", fullgraph=True)
+
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_id=None, stop=None, seed=None):
         """Batched generation with a KV cache. Prompts are left-padded; each row keeps its own positions and
-        ignores its padding. Returns the new tokens of each row, without EOS. `stop(new_tokens)` ends a row."""
+        ignores its padding. Returns the new tokens of each row, without EOS. `stop(new_tokens)` ends a row.
+        Uses the caches of setup_caches() when they fit, else allocates caches of exactly this size."""
         cfg, device = self.config, self.tok_emb.weight.device
-        B, P = len(prompts), max(len(p) for p in prompts)
+        n, P = len(prompts), max(len(p) for p in prompts)
         L = P + max_new_tokens
         if min(len(p) for p in prompts) == 0 or L > cfg.block_size:
             raise ValueError(f"prompts must be non-empty and prompt + new tokens ({L}) fit block_size {cfg.block_size}")
+        kept = self.caches
+        if kept and n <= kept[0].k.shape[0] and L <= kept[0].k.shape[2]:
+            caches, step = kept, self.compiled_step
+            B, L = kept[0].k.shape[0], kept[0].k.shape[2]
+            prompts = list(prompts) + [[0]] * (B - n)  # filler rows of one token keep the shapes; never returned
+        else:
+            B, step = n, self.decode_step
+            caches = [KVCache(B, cfg.n_kv_head, L, cfg.head_dim, device, self.tok_emb.weight.dtype)
+                      for _ in range(cfg.n_layer)]
         idx = torch.zeros(B, P, dtype=torch.long, device=device)
         real = torch.zeros(B, L, dtype=torch.bool, device=device)  # which cache slots hold real tokens
         for i, p in enumerate(prompts):
@@ -206,22 +230,15 @@ class Transformer(nn.Module):
             real[i, P - len(p):P] = True
         pos = (real[:, :P].cumsum(1) - 1).clamp(min=0)
         # Prefill: query i sees real keys 0..i; padding slots attend to themselves so they stay finite (0 · NaN would
-        # poison the real rows); slots P.. are not written yet.
+        # poison the real rows); slots P.. are not written yet (in kept caches they hold an earlier call's values).
         causal = torch.ones(P, L, dtype=torch.bool, device=device).tril()
         mask = (causal & real[:, None, None, :]) | torch.eye(P, L, dtype=torch.bool, device=device)
-        dtype = self.tok_emb.weight.dtype
-        caches = [KVCache(B, cfg.n_kv_head, L, cfg.head_dim, device, dtype) for _ in range(cfg.n_layer)]
-        step = self.decode_step
-        if device.type == "cuda":  # one token per row is launch-bound: replay the step as a CUDA graph (gpt-fast)
-            for c in caches:  # the graph writes in place at fixed addresses, as into parameters
-                torch._dynamo.mark_static_address(c.k), torch._dynamo.mark_static_address(c.v)
-            step = torch.compile(self.decode_step, mode="reduce-overhead", fullgraph=True)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         logits = self(idx, pos, mask, caches, torch.arange(P, device=device))[:, -1]
-        out, done = [[] for _ in range(B)], [False] * B
+        out, done = [[] for _ in range(n)], [False] * n
         for t in range(max_new_tokens):
             nxt = sample(logits.float(), temperature, top_p, gen)
-            for i, tok in enumerate(nxt.tolist()):
+            for i, tok in enumerate(nxt[:n].tolist()):
                 if done[i]:
                     continue
                 if tok == eos_id:

@@ -108,6 +108,17 @@ def test_padded_batch_equals_each_row_alone(tiny_checkpoint, kind):
     assert sampled == model.generate(prompts, 12, temperature=0.8, top_p=0.9, seed=3)
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_kept_caches_give_the_same_tokens(tiny_checkpoint, kind):
+    # setup_caches: larger caches than needed, fewer rows than the cache holds, stale slots from an earlier call.
+    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    first, second = [[1, 2, 3], [9, 8, 7, 6, 5, 4, 3, 2], [100]], [[7, 7], [4, 5, 6, 7, 8]]
+    long = [list(range(1, 30))]  # 29 + 20 tokens do not fit the kept caches: generate allocates its own
+    fresh = [model.generate(first, 12), model.generate(second, 9), model.generate(long, 20)]
+    model.setup_caches(batch=4, length=40)
+    assert [model.generate(first, 12), model.generate(second, 9), model.generate(long, 20)] == fresh
+
+
 def test_generation_stops_on_eos_and_stop_callback(tiny_checkpoint):
     model, _ = M.load_checkpoint(tiny_checkpoint("llama")[0])
     free = model.generate([[1, 2, 3]], 10)[0]
