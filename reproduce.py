@@ -66,7 +66,8 @@ def train(name, lr, seed, args):
         run([sys.executable, "train.py", *VARIANTS[name], f"--init_from={args.init_from}", f"--out_dir={out}",
              f"--seed={seed}", f"--data_seed={seed}", f"--max_examples={args.train_examples}", "--epochs=1",
              f"--learning_rate={lr}", f"--warmup={args.warmup}", f"--batch_tokens={args.batch_tokens}",
-             f"--grad_accum={args.grad_accum}", "--eval_interval=0", "--eval_examples=16"])
+             f"--grad_accum={args.grad_accum}", "--eval_interval=0", "--eval_examples=16",
+             "--compile=False"])  # on a GPU, compiling takes longer than these short runs
     return out
 
 
