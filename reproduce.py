@@ -5,6 +5,8 @@ that are not the training objective; one table of mean ± std across seeds and t
 
 $ python reproduce.py                                                  # the full grid (hours on a 2-core CPU)
 $ python reproduce.py --variants sft dft --lrs 1e-4 3e-4 --seeds 1 2 --out out/small   # what fits in ~20 minutes
+$ python reproduce.py --train_examples 1000 --warmup 10 --val_limit 200 --eval_limit 500 --ppl_tokens 8192 --out out/gpu
+                                    # the README's run: 100 steps per run, 9 min on one H100 with the 7 variants side by side
 
 1. Selection: each variant trains at each of --lrs on seed --seeds[0] and is scored on GSM8K questions no run
    reports (eval.py --split=val, the test split's last 319): the highest multiple-choice acc_norm wins, a tie
@@ -111,20 +113,25 @@ def table(base, results, chosen):
 PAIRED = [m for m in METRICS if m[0] in ("NLL all", "NLL final", "MC acc_norm", "KL(base‖model)")]
 
 
-def paired_table(results):
-    """Each variant minus SFT at the same seed (the same training examples in the same order): mean [95% CI]."""
+def paired_table(results, pairs):
+    """`a` minus `b` at the same seed (the same training examples in the same order), for each (a, b) in `pairs`
+    with both present: mean [95% CI] over seeds."""
     lines = ["| variant | " + " | ".join(f"Δ {m[0]}" for m in PAIRED) + " |", "|---" * (len(PAIRED) + 1) + "|"]
-    for name, runs in results.items():
-        if name == "sft":
+    for a, b in pairs:
+        if a not in results or b not in results:
             continue
         cells = []
         for m in PAIRED:
             scale, fmt = (100, "+.1f") if m[3].endswith("%") else (1, "+" + m[3])  # accuracies in points
-            diffs = [scale * (report.measure(r, m) - report.measure(s, m)) for (r, _), (s, _) in zip(runs, results["sft"])]
+            diffs = [scale * (report.measure(r, m) - report.measure(s, m)) for (r, _), (s, _) in zip(results[a], results[b])]
             mean, half = report.mean_ci(diffs)
             cells.append(f"{mean:{fmt}} [{mean - half:{fmt}}, {mean + half:{fmt}}]")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# PriFT's claim, rule by rule: the same weighting with p from the frozen base against p from the model in training
+PRIOR_VS_ONLINE = [("prift-prob", "dft"), ("infosft-prior", "infosft")]
 
 
 def main(argv=None):
@@ -160,9 +167,12 @@ def main(argv=None):
     text = ("Learning rate chosen on the validation questions (first seed):\n\n| variant | lr | val MC acc_norm | "
             "val NLL |\n|---|---|---|---|\n" + "\n".join(selection) + "\n\nAt the chosen rate, mean ± std over "
             "seeds:\n\n" + table(base, results, {k: f"{v:g}" for k, v in chosen.items()}))
+    paired = "paired by seed (same examples, same order), mean [95% CI] over " + f"{len(args.seeds)} seeds"
     if "sft" in results and len(results) > 1:
-        text += ("\n\nDifference from SFT, paired by seed (same examples, same order), mean [95% CI] over "
-                 f"{len(args.seeds)} seeds:\n\n" + paired_table(results))
+        text += f"\n\nDifference from SFT, {paired}:\n\n" + paired_table(results, [(n, "sft") for n in results if n != "sft"])
+    if any(a in results and b in results for a, b in PRIOR_VS_ONLINE):
+        text += (f"\n\nPrior signal minus online signal, each at its chosen rate, {paired}:\n\n"
+                 + paired_table(results, PRIOR_VS_ONLINE))
     print(text)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text + "\n")

@@ -50,7 +50,8 @@ def test_paired_table_subtracts_sft_seed_by_seed():
     # SFT's seeds differ by 0.2 in accuracy; DFT is 0.1 below SFT on every seed: the paired interval has no width
     results = {"sft": [(run(0.5, 0.01), 1.0), (run(0.7, 0.01), 1.0)],
                "dft": [(run(0.4, 0.03), 0.6), (run(0.6, 0.05), 0.6)]}
-    head, _, dft = reproduce.paired_table(results).splitlines()
+    head, _, dft = reproduce.paired_table(results, [("dft", "sft"), ("infosft", "sft")]).splitlines()  # no infosft: skipped
     assert head == "| variant | Δ NLL all | Δ NLL final | Δ MC acc_norm | Δ KL(base‖model) |"
+    assert dft.startswith("| dft − sft | ")
     assert "| -10.0 [-10.0, -10.0] |" in dft  # points, not fractions
     assert "+0.0300 [-0.0971, +0.1571]" in dft  # mean 0.03, t(1) = 12.706 x 0.01414 / 1.414
