@@ -234,7 +234,8 @@ class Transformer(nn.Module):
         causal = torch.ones(P, L, dtype=torch.bool, device=device).tril()
         mask = (causal & real[:, None, None, :]) | torch.eye(P, L, dtype=torch.bool, device=device)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        logits = self(idx, pos, mask, caches, torch.arange(P, device=device))[:, -1]
+        # the vocabulary head only where the next token is read: the whole prompt's logits would cost P times more
+        logits = self.lm_head(self(idx, pos, mask, caches, torch.arange(P, device=device), return_hidden=True)[:, -1])
         out, done = [[] for _ in range(n)], [False] * n
         for t in range(max_new_tokens):
             nxt = sample(logits.float(), temperature, top_p, gen)
