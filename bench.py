@@ -139,6 +139,11 @@ def load_pair(args):
     return ours.train(), theirs.train(), tok
 
 
+def median_range(per_round):
+    """Per-round ratios as 'median [min-max]': on a shared machine the spread tells a real difference from noise."""
+    return f"{statistics.median(per_round):.2f} [{min(per_round):.2f}-{max(per_round):.2f}]"
+
+
 def trl_trainer(args, ours, tok, x, dname, out_dir, steps, before_step, timed):
     """TRL's SFTTrainer with loss_type='dft' (its chunked fused_lm_head path) on a copy of the same weights, exported
     to an HF folder and read back, and an in-memory dataset of the same pre-tokenized rows. Its own loop drives the
@@ -240,8 +245,7 @@ def bench_train(args):
         tps = {name: B * T / statistics.median(t) for name, t in times.items()}
 
         def ratio(name, base):
-            per_round = [b / t for t, b in zip(times[name], times[base])]
-            return f"{statistics.median(per_round):.2f} [{min(per_round):.2f}-{max(per_round):.2f}]"
+            return median_range([b / t for t, b in zip(times[name], times[base])])
 
         print(f"-- {dname}: measured matmul peak {peak / 1e9:.0f} GFLOP/s")
         print('{:<13} {:>9} {:>18} {:>18} {:>12} {:>7}'.format('variant', 'tokens/s', '/ transformers', '/ trl',
@@ -285,10 +289,10 @@ def bench_generate(args):
                         times[name].append(time.perf_counter() - t0)
         tps = {name: B * new / statistics.median(t) for name, t in times.items()}
         for name in ('transformers', 'transformers_static'):
-            ratios = sorted(a / b for a, b in zip(times[name], times['tokenwise']))  # paired by round
+            ratio = median_range([a / b for a, b in zip(times[name], times['tokenwise'])])  # paired by round
             same = sum(a == b for a, b in zip(outs['tokenwise'], outs[name]))
             print(f"-- {dname}: tokenwise {tps['tokenwise']:.0f} tokens/s, {name} {tps[name]:.0f} tokens/s, ratio "
-                  f"{statistics.median(ratios):.2f} [{ratios[0]:.2f}-{ratios[-1]:.2f}]; identical rows {same}/{B}")
+                  f"{ratio}; identical rows {same}/{B}")
 
 
 def bench_peak(args):
