@@ -9,10 +9,11 @@ peak: the measured matmul rate of each dtype (MFU's denominator; bf16 without ma
 rules: forward + backward of weighted_loss for each rule on a synthetic batch (SmolLM2 sizes by default),
 against plain cross-entropy computed the same chunked way (rule 'sft') and against the naive unchunked
 F.cross_entropy(h @ W.T), and the time of token_weights alone (the only work a rule adds, immune to the
-noise of a shared machine). Time is the median over interleaved rounds. Memory is the largest peak, over the
-timed rounds, of one forward + backward above the memory in use before it: on CUDA torch.cuda.max_memory_allocated;
-on CPU the peak resident set size (VmHWM, reset through /proc/self/clear_refs), which counts every page touched
-by any allocator (bench sets glibc's mmap threshold to 1 MB so that freed blocks leave the RSS).
+noise of a shared machine). Time is the median over interleaved rounds. Memory is the peak of one more step of
+each variant, after the timed rounds, above the memory in use before it: on CUDA torch.cuda.max_memory_allocated;
+on CPU the peak resident set size (VmHWM, reset through /proc/self/clear_refs), which counts every page touched by
+any allocator, once glibc has handed its free pages back (malloc_trim). The timed rounds never do that, as train.py
+never does: pages handed back fault in again on the next step, which costs time (on a VM, a lot).
 """
 import argparse
 import ctypes
@@ -73,6 +74,7 @@ def peak_start(device):
     if device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**20
+    ctypes.CDLL('libc.so.6').malloc_trim(0)  # freed blocks kept by glibc would hide the next step's pages from the RSS
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # Linux: reset the peak resident set size (VmHWM) to the current one
     return proc_status_kb('VmRSS') / 2**10
@@ -108,15 +110,18 @@ def bench_rules(args):
         times, mem = {name: [] for name in names}, {name: [] for name in names}
         for r in range(args.warmup + args.iters):  # interleaved rounds: load drift hits every variant alike
             for name in names:
-                base = peak_start(args.device)
+                sync(args.device)
                 t0 = time.perf_counter()
                 rule_step(args, dtype, name, inputs)
                 sync(args.device)
                 if r >= args.warmup:
                     times[name].append(time.perf_counter() - t0)
-                    mem[name].append(peak_end(args.device) - base)
+        mem = {}
+        for name in names:  # memory: one untimed step each
+            base = peak_start(args.device)
+            rule_step(args, dtype, name, inputs)
+            mem[name] = peak_end(args.device) - base
         del inputs
-        mem = {name: max(m) for name, m in mem.items()}
         p, u = torch.rand(2, B * T, device=args.device)
         weights_s = {name: weights_time(args.device, name, p, u) if name in RULES else 0.0 for name in names}
         med = {name: statistics.median(t) for name, t in times.items()}
@@ -197,7 +202,8 @@ def bench_train(args):
     rounds = args.train_rounds
     print(f"== train: {B}x{T} tokens, {args.model} ({n_params / 1e6:.0f}M params), {args.device}, "
           f"{torch.get_num_threads()} threads, tokenwise {'compiled' if compile_ else 'eager'}, transformers eager; "
-          f"{args.warmup} + {rounds} interleaved rounds; tokens/s: median; ratios: median [min-max] over rounds")
+          f"{args.warmup} + {rounds} interleaved rounds (+ 1 for memory); tokens/s: median; ratios: median [min-max] "
+          "over rounds")
     for dname in args.dtype:
         dtype = DTYPES[dname]
         # transformers: PyTorch's default AdamW, a Python loop over the parameters on the CPU; tokenwise: train.py's
@@ -216,17 +222,22 @@ def bench_train(args):
             opts[name].zero_grad(set_to_none=True)
 
         names = list(opts) + (['trl'] if args.trl else [])
-        times, mem, clock = {name: [] for name in names}, {name: [] for name in names}, {}
+        times, mem, clock = {name: [] for name in names}, {}, {}
+        memory_round = args.warmup + rounds  # one untimed round after the timed ones measures the peak memory
 
-        def timed(name, r, start):  # start: open the clock; else: close it and keep the round if it is past warm-up
-            if start:
-                clock[name] = peak_start(args.device), time.perf_counter()
-                return
-            sync(args.device)
-            dt = time.perf_counter() - clock[name][1]
-            if r >= args.warmup:
-                times[name].append(dt)
-                mem[name].append(peak_end(args.device) - clock[name][0])
+        def timed(name, r, start):  # start: open the clock; else: close it and keep the round if it is timed
+            if r == memory_round:
+                if start:
+                    clock[name] = peak_start(args.device)
+                else:
+                    mem[name] = peak_end(args.device) - clock[name]
+            elif start:
+                sync(args.device)
+                clock[name] = time.perf_counter()
+            else:
+                sync(args.device)
+                if r >= args.warmup:
+                    times[name].append(time.perf_counter() - clock[name])
 
         def round_(r):
             for name in opts:
@@ -236,10 +247,10 @@ def bench_train(args):
 
         if args.trl:
             with tempfile.TemporaryDirectory() as out:
-                trl_trainer(args, ours, tok, x, dname, out, args.warmup + rounds, round_,
+                trl_trainer(args, ours, tok, x, dname, out, memory_round + 1, round_,
                             lambda r, start: timed('trl', r, start)).train()
         else:
-            for r in range(args.warmup + rounds):
+            for r in range(memory_round + 1):
                 round_(r)
         peak = matmul_flops(args.device, dtype, n=2048, reps=10)
         tps = {name: B * T / statistics.median(t) for name, t in times.items()}
@@ -252,7 +263,7 @@ def bench_train(args):
                                                                 'step peak MB', 'MFU'))
         for name in names:
             vs_trl = ratio(name, 'trl') if args.trl else ''
-            print(f"{name:<13} {tps[name]:9.0f} {ratio(name, 'transformers'):>18} {vs_trl:>18} {max(mem[name]):12.0f} "
+            print(f"{name:<13} {tps[name]:9.0f} {ratio(name, 'transformers'):>18} {vs_trl:>18} {mem[name]:12.0f} "
                   f"{6 * n_params * tps[name] / peak:7.1%}")
 
 
@@ -333,8 +344,6 @@ def main():
     if args.device == 'cuda' and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible to torch")
     args.dtype = args.dtype or (['fp32', 'bf16'] if native_bf16(args.device) else ['fp32'])
-    if args.device == 'cpu':  # glibc: serve blocks >= 1 MB with mmap, so freed tensors leave the RSS we measure
-        ctypes.CDLL('libc.so.6').mallopt(-3, 2**20)  # -3 = M_MMAP_THRESHOLD
     for name in args.only:
         SECTIONS[name](args)
 
