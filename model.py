@@ -109,8 +109,14 @@ class Attention(nn.Module):
         if cache is not None:
             kv, slots = cache
             k, v = kv.update(slots, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=cfg.n_kv_head != cfg.n_head)
+        if cache is not None and T == 1:
+            # Decoding: the query heads that share a kv head become the rows of one query block (same keys, same
+            # mask), which the CPU kernels run faster than GQA's single rows: 1.2x in fp32, 4-6x in bf16 (README).
+            y = F.scaled_dot_product_attention(q.reshape(B, cfg.n_kv_head, -1, cfg.head_dim), k, v, attn_mask=mask)
+            y = y.view(B, cfg.n_head, 1, cfg.head_dim)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=cfg.n_kv_head != cfg.n_head)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

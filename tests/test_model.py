@@ -98,6 +98,22 @@ def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
         assert row == seq[len(prompt):]
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_decode_step_logits_equal_the_full_forward(tiny_checkpoint, kind):
+    # Decoding folds each kv head's group of query heads into one query block; plain GQA must give the same logits.
+    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    cfg, ids = model.config, torch.tensor([[5, 17, 300, 42, 7, 9]])
+    assert cfg.n_head > cfg.n_kv_head  # the folded path runs
+    L = ids.shape[1]
+    caches = [M.KVCache(1, cfg.n_kv_head, L, cfg.head_dim, "cpu", torch.float32) for _ in range(cfg.n_layer)]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()[None, None]
+    with torch.no_grad():
+        model(ids[:, :-1], torch.arange(L - 1)[None], causal[:, :, :-1], caches, torch.arange(L - 1))
+        step = model.decode_step(ids[:, -1:], torch.tensor([[L - 1]]), torch.tensor([L - 1]), causal[:, :, -1:], caches)
+        full = model(ids)[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 def test_padded_batch_equals_each_row_alone(tiny_checkpoint, kind):
     model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
