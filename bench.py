@@ -13,7 +13,13 @@ noise of a shared machine). Time is the median over interleaved rounds. Memory i
 each variant, after the timed rounds, above the memory in use before it: on CUDA torch.cuda.max_memory_allocated;
 on CPU the peak resident set size (VmHWM, reset through /proc/self/clear_refs), which counts every page touched by
 any allocator, once glibc has handed its free pages back (malloc_trim). The timed rounds never do that, as train.py
-never does: pages handed back fault in again on the next step, which costs time (on a VM, a lot).
+never does: pages handed back fault in again on the next step, which costs time (on a VM, a lot). The train
+section's memory is measured the same way.
+
+train: whole training steps of tokenwise against transformers and TRL's SFTTrainer (bench_train).
+
+generate: greedy decoding against transformers' generate (bench_generate); --gen_prompts=gsm8k decodes eval.py's
+5-shot GSM8K prompts and prints the time a full evaluation would take at that pace.
 """
 import argparse
 import ctypes
@@ -28,6 +34,7 @@ from train import make_optimizer, matmul_flops, native_bf16
 from weights import RULES, token_weights, weighted_loss
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16)
+GSM8K_QUESTIONS = 1319  # the test split
 
 
 def sync(device):
@@ -269,15 +276,23 @@ def bench_train(args):
 
 def bench_generate(args):
     """Greedy generation of a padded batch with a static KV cache: tokenwise against transformers' generate, with its
-    default (dynamic) cache and with cache_implementation='static'. Each ratio is the median of --iters rounds."""
+    default (dynamic) cache and with cache_implementation='static'. Each ratio is the median of --iters rounds.
+    --gen_prompts=gsm8k: eval.py's 5-shot prompts of the first GSM8K questions, and the time a whole evaluation
+    would take at this pace."""
     ours, theirs, tok = load_pair(args)
     g = torch.Generator().manual_seed(0)
     V, B, new = ours.config.vocab_size, args.gen_batch, args.gen_tokens
-    prompts = [torch.randint(V, (int(n),), generator=g).tolist() for n in torch.randint(16, 64, (B,), generator=g)]
+    if args.gen_prompts == 'gsm8k':  # tokenized and cut to fit the context as eval.py does
+        from eval import gsm8k_prompts
+        keep = ours.config.block_size - new
+        prompts = [tok.encode(p, bos=tok.add_bos)[-keep:] for p in gsm8k_prompts(B)[1]]
+    else:
+        prompts = [torch.randint(V, (int(n),), generator=g).tolist() for n in torch.randint(16, 64, (B,), generator=g)]
     P = max(map(len, prompts))
     ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=args.device)
     attn = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=args.device)
-    print(f"== generate: {B} prompts of 16-63 tokens, {new} new tokens each, greedy, {args.device}")
+    print(f"== generate: {B} {args.gen_prompts} prompts of {min(map(len, prompts))}-{P} tokens, {new} new tokens each, "
+          f"greedy, {args.device}")
 
     def hf(**kw):
         return lambda: theirs.generate(ids, attention_mask=attn, max_new_tokens=new, min_new_tokens=new, do_sample=False,
@@ -304,6 +319,10 @@ def bench_generate(args):
             same = sum(a == b for a, b in zip(outs['tokenwise'], outs[name]))
             print(f"-- {dname}: tokenwise {tps['tokenwise']:.0f} tokens/s, {name} {tps[name]:.0f} tokens/s, ratio "
                   f"{ratio}; identical rows {same}/{B}")
+        if args.gen_prompts == 'gsm8k':  # an upper bound: eval.py stops a batch once every row has written a stop string
+            batches = -(-GSM8K_QUESTIONS // B)
+            print(f"-- {dname}: a full GSM8K 5-shot evaluation at this pace ({batches} batches of {B} x {new} tokens): "
+                  + ", ".join(f"{name} {batches * statistics.median(t) / 60:.1f} min" for name, t in times.items()))
 
 
 def bench_peak(args):
@@ -340,6 +359,8 @@ def main():
                     help="train: TRL's SFTTrainer(loss_type='dft') as a second baseline (requirements-dev.txt)")
     ap.add_argument('--gen_batch', type=int, default=8)
     ap.add_argument('--gen_tokens', type=int, default=64)
+    ap.add_argument('--gen_prompts', default='random', choices=['random', 'gsm8k'],
+                    help='generate: random tokens (16-63), or 5-shot GSM8K prompts as eval.py builds them')
     args = ap.parse_args()
     if args.device == 'cuda' and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible to torch")

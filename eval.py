@@ -164,10 +164,15 @@ def gsm8k_correct(completion, answer):
             "flexible_extract": normalize(extract(completion, FLEXIBLE, -1)) == gold}
 
 
+def gsm8k_prompts(limit=None, k=5):
+    """The first `limit` GSM8K test questions and their k-shot prompts, as lm-eval builds them."""
+    train, test = gsm8k("train"), gsm8k("test")[:limit]
+    shots = fewshot_rows(len(test), len(train), k)
+    return test, [gsm8k_prompt(d["question"], [train[j] for j in rows]) for d, rows in zip(test, shots)]
+
+
 def eval_gsm8k(model, tok, args, samples):
-    train, test = gsm8k("train"), gsm8k("test")[:args.gen_limit]
-    shots = fewshot_rows(len(test), len(train), args.shots)
-    prompts = [gsm8k_prompt(d["question"], [train[j] for j in rows]) for d, rows in zip(test, shots)]
+    test, prompts = gsm8k_prompts(args.gen_limit, args.shots)
     texts, max_new = generate_texts(model, tok, prompts, args.gsm8k_max_new, GSM8K_STOP, args.batch_size, "gsm8k")
     scores = [gsm8k_correct(t, d["answer"]) for t, d in zip(texts, test)]
     for i, (t, s) in enumerate(zip(texts, scores)):

@@ -21,3 +21,16 @@ def test_train_section_reports_every_variant_with_its_spread(tiny_checkpoint, mo
         median, low, high = (float(v) for v in m.groups()[2:5])
         assert low <= median <= high
     assert rows["transformers"].groups()[2:5] == ("1.00",) * 3 and rows["trl"].groups()[5:8] == ("1.00",) * 3
+
+
+def test_generate_section_on_gsm8k_prompts_estimates_a_full_evaluation(tiny_checkpoint, monkeypatch, capsys):
+    folder, _ = tiny_checkpoint("llama")
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--only", "generate", "--model", folder, "--gen_prompts", "gsm8k",
+                                      "--gen_batch", "2", "--gen_tokens", "3", "--iters", "1", "--warmup", "0",
+                                      "--dtype", "fp32"])
+    bench.main()
+    out = capsys.readouterr().out
+    # the tiny model's 128-token context keeps each 5-shot prompt's last 125 tokens, as eval.py would
+    assert "== generate: 2 gsm8k prompts of 125-125 tokens, 3 new tokens each" in out
+    assert re.search(r"evaluation at this pace \(660 batches of 2 x 3 tokens\): tokenwise [\d.]+ min, "
+                     r"transformers [\d.]+ min, transformers_static [\d.]+ min", out)
