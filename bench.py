@@ -34,7 +34,6 @@ from train import make_optimizer, matmul_flops, native_bf16
 from weights import RULES, token_weights, weighted_loss
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16)
-GSM8K_QUESTIONS = 1319  # the test split
 
 
 def sync(device):
@@ -114,7 +113,7 @@ def bench_rules(args):
     for dname in args.dtype:
         dtype = DTYPES[dname]
         inputs = rule_inputs(args, dtype)
-        times, mem = {name: [] for name in names}, {name: [] for name in names}
+        times = {name: [] for name in names}
         for r in range(args.warmup + args.iters):  # interleaved rounds: load drift hits every variant alike
             for name in names:
                 sync(args.device)
@@ -284,8 +283,8 @@ def bench_generate(args):
     V, B, new = ours.config.vocab_size, args.gen_batch, args.gen_tokens
     if args.gen_prompts == 'gsm8k':  # tokenized and cut to fit the context as eval.py does
         from eval import gsm8k_prompts
-        keep = ours.config.block_size - new
-        prompts = [tok.encode(p, bos=tok.add_bos)[-keep:] for p in gsm8k_prompts(B)[1]]
+        keep, (questions, texts) = ours.config.block_size - new, gsm8k_prompts()
+        prompts = [tok.encode(p, bos=tok.add_bos)[-keep:] for p in texts[:B]]
     else:
         prompts = [torch.randint(V, (int(n),), generator=g).tolist() for n in torch.randint(16, 64, (B,), generator=g)]
     P = max(map(len, prompts))
@@ -320,7 +319,7 @@ def bench_generate(args):
             print(f"-- {dname}: tokenwise {tps['tokenwise']:.0f} tokens/s, {name} {tps[name]:.0f} tokens/s, ratio "
                   f"{ratio}; identical rows {same}/{B}")
         if args.gen_prompts == 'gsm8k':  # an upper bound: eval.py stops a batch once every row has written a stop string
-            batches = -(-GSM8K_QUESTIONS // B)
+            batches = -(-len(questions) // B)
             print(f"-- {dname}: a full GSM8K 5-shot evaluation at this pace ({batches} batches of {B} x {new} tokens): "
                   + ", ".join(f"{name} {batches * statistics.median(t) / 60:.1f} min" for name, t in times.items()))
 
