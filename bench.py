@@ -281,10 +281,10 @@ def bench_generate(args):
     ours, theirs, tok = load_pair(args)
     g = torch.Generator().manual_seed(0)
     V, B, new = ours.config.vocab_size, args.gen_batch, args.gen_tokens
-    if args.gen_prompts == 'gsm8k':  # tokenized and cut to fit the context as eval.py does
-        from eval import gsm8k_prompts
-        keep, (questions, texts) = ours.config.block_size - new, gsm8k_prompts()
-        prompts = [tok.encode(p, bos=tok.add_bos)[-keep:] for p in texts[:B]]
+    if args.gen_prompts == 'gsm8k':
+        from eval import gsm8k_prompts, prompt_ids
+        questions, texts = gsm8k_prompts()
+        prompts = prompt_ids(tok, texts[:B], ours.config.block_size, new)
     else:
         prompts = [torch.randint(V, (int(n),), generator=g).tolist() for n in torch.randint(16, 64, (B,), generator=g)]
     P = max(map(len, prompts))

@@ -65,12 +65,16 @@ def cut_at_stop(text, stops):
     return text[:min((text.find(s) for s in stops if s in text), default=len(text))]
 
 
+def prompt_ids(tok, prompts, block, max_new):
+    """Each prompt's token ids; like lm-eval, a prompt too long for the context keeps its last block - max_new."""
+    return [tok.encode(p, bos=tok.add_bos)[-(block - max_new):] for p in prompts]
+
+
 def generate_texts(model, tok, prompts, max_new, stops, batch_size, what, temperature=0.0, seed=0):
-    """Completions of `prompts`, cut at the first stop string. Batched by length with the KV cache; like lm-eval,
-    a prompt too long for the context keeps its last block_size - max_new tokens."""
+    """Completions of `prompts`, cut at the first stop string. Batched by length with the KV cache."""
     block = model.config.block_size
     max_new = min(max_new, block // 2)
-    ids = [tok.encode(p, bos=tok.add_bos)[-(block - max_new):] for p in prompts]
+    ids = prompt_ids(tok, prompts, block, max_new)
 
     def stop(new):  # only the last tokens can hold a stop string that has just appeared
         text = tok.decode(new[-32:])
