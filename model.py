@@ -215,20 +215,22 @@ class Transformer(nn.Module):
         """Batched generation with a KV cache. Prompts are left-padded; each row keeps its own positions and
         ignores its padding. Returns the new tokens of each row, without EOS. `stop(new_tokens)` ends a row.
         Uses the caches of setup_caches() when they fit, else allocates caches of exactly this size."""
-        cfg, device = self.config, self.tok_emb.weight.device
-        n, P = len(prompts), max(len(p) for p in prompts)
+        cfg, weight = self.config, self.tok_emb.weight
+        device, n, P = weight.device, len(prompts), max(len(p) for p in prompts)
         L = P + max_new_tokens
         if min(len(p) for p in prompts) == 0 or L > cfg.block_size:
             raise ValueError(f"prompts must be non-empty and prompt + new tokens ({L}) fit block_size {cfg.block_size}")
         kept = self.caches
+        if kept and (kept[0].k.dtype, kept[0].k.device) != (weight.dtype, weight.device):
+            raise ValueError(f"the kept KV caches are {kept[0].k.dtype} on {kept[0].k.device}, the model "
+                             f"{weight.dtype} on {weight.device}: call setup_caches again after moving or casting it")
         if kept and n <= kept[0].k.shape[0] and L <= kept[0].k.shape[2]:
             caches, step = kept, self.compiled_step
             B, L = kept[0].k.shape[0], kept[0].k.shape[2]
             prompts = list(prompts) + [[0]] * (B - n)  # filler rows of one token keep the shapes; never returned
         else:
             B, step = n, self.decode_step
-            caches = [KVCache(B, cfg.n_kv_head, L, cfg.head_dim, device, self.tok_emb.weight.dtype)
-                      for _ in range(cfg.n_layer)]
+            caches = [KVCache(B, cfg.n_kv_head, L, cfg.head_dim, device, weight.dtype) for _ in range(cfg.n_layer)]
         idx = torch.zeros(B, P, dtype=torch.long, device=device)
         real = torch.zeros(B, L, dtype=torch.bool, device=device)  # which cache slots hold real tokens
         for i, p in enumerate(prompts):

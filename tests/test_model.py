@@ -135,6 +135,16 @@ def test_kept_caches_give_the_same_tokens(tiny_checkpoint, kind):
     assert [model.generate(first, 12), model.generate(second, 9), model.generate(long, 20)] == fresh
 
 
+def test_kept_caches_of_another_dtype_are_one_clear_error(tiny_checkpoint):
+    model, _ = M.load_checkpoint(tiny_checkpoint("llama")[0])
+    model.setup_caches(batch=2, length=20)
+    model.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="call setup_caches again"):
+        model.generate([[1, 2, 3]], 4)
+    model.setup_caches(batch=2, length=20)
+    assert len(model.generate([[1, 2, 3]], 4)[0]) == 4
+
+
 def test_generation_stops_on_eos_and_stop_callback(tiny_checkpoint):
     model, _ = M.load_checkpoint(tiny_checkpoint("llama")[0])
     free = model.generate([[1, 2, 3]], 10)[0]
