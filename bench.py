@@ -4,7 +4,8 @@ Benchmarks for tokenwise; each section prints its own numbers.
     python bench.py                          # every section
     python bench.py --only rules --dtype bf16 --device cuda
 
-peak: the measured matmul rate of each dtype (MFU's denominator; bf16 without matrix units is emulated, slowly).
+peak: the measured matmul rate of each dtype (MFU's denominator; bf16 without matrix units is emulated, slowly);
+on an x86 CPU also float32 through oneDNN, as tokenwise's linears run it (cpu.py), against torch's own (MKL).
 
 rules: forward + backward of weighted_loss for each rule on a synthetic batch (SmolLM2 sizes by default),
 against plain cross-entropy computed the same chunked way (rule 'sft') and against the naive unchunked
@@ -14,7 +15,8 @@ each variant, after the timed rounds, above the memory in use before it: on CUDA
 on CPU the peak resident set size (VmHWM, reset through /proc/self/clear_refs), which counts every page touched by
 any allocator, once glibc has handed its free pages back (malloc_trim). The timed rounds never do that, as train.py
 never does: pages handed back fault in again on the next step, which costs time (on a VM, a lot). The train
-section's memory is measured the same way.
+section's memory is measured the same way. On the CPU the whole process, every variant alike, runs with train.py's
+allocator setting (cpu.keep_freed_memory; --no-keep_freed_memory: glibc's default).
 
 train: whole training steps of tokenwise against transformers and TRL's SFTTrainer (bench_train).
 
@@ -30,6 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import cpu
 from train import make_optimizer, matmul_flops, native_bf16
 from weights import RULES, token_weights, weighted_loss
 
@@ -258,7 +261,7 @@ def bench_train(args):
         else:
             for r in range(memory_round + 1):
                 round_(r)
-        peak = matmul_flops(args.device, dtype, n=2048, reps=10)
+        peak = max(matmul_flops(args.device, dtype, n=2048, reps=10, mm=mm) for mm in (torch.mm, cpu.mm))
         tps = {name: B * T / statistics.median(t) for name, t in times.items()}
 
         def ratio(name, base):
@@ -325,11 +328,41 @@ def bench_generate(args):
 
 
 def bench_peak(args):
-    """The matmul rate per dtype, the denominator of MFU; also shows whether bf16 has matrix units here."""
+    """The matmul rate per dtype, the denominator of MFU; also shows whether bf16 has matrix units here, and on an
+    x86 CPU what oneDNN's float32 kernels gain over torch's (MKL's) at training's and decoding's shapes."""
     print(f"== peak: 1024x1024 matmul, {args.device}, {torch.get_num_threads()} threads")
     rates = {dname: matmul_flops(args.device, DTYPES[dname]) for dname in args.dtype}
+    if args.device == 'cpu' and cpu.ONEDNN:
+        rates['fp32 oneDNN'] = matmul_flops(args.device, torch.float32, mm=cpu.mm)
     for dname, rate in rates.items():
-        print(f"{dname:<5} {rate / 1e9:10.1f} GFLOP/s {rate / rates[args.dtype[0]]:7.3f}x {args.dtype[0]}")
+        print(f"{dname:<11} {rate / 1e9:10.1f} GFLOP/s {rate / rates[args.dtype[0]]:7.3f}x {args.dtype[0]}")
+    if args.device == 'cpu' and cpu.ONEDNN:
+        onednn_vs_torch()
+
+
+def onednn_vs_torch(rounds=10):
+    """x @ W.T in float32 through oneDNN against torch's own kernel, for SmolLM2's linears at a training batch's
+    1024 rows and a decoding batch's 8, and the gradient g @ W: the fastest of interleaved rounds."""
+    print("-- fp32 x @ W.T (and g @ W), oneDNN vs torch: GFLOP/s, the fastest of", rounds, "interleaved rounds")
+    g = torch.Generator().manual_seed(0)
+    for rows in (1024, 8):
+        for out, inp in ((960, 576), (3072, 576), (576, 1536), (49152, 576)):
+            x, W = torch.randn(rows, inp, generator=g), torch.randn(out, inp, generator=g)
+            dy = torch.randn(rows, out, generator=g)
+            pairs = {'x @ W.T': (lambda: x @ W.T, lambda: cpu.mm(x, W.T)),
+                     'g @ W': (lambda: dy @ W, lambda: cpu.mm(dy, W))}
+            cells = []
+            for name, (theirs, ours) in pairs.items():
+                best = [float('inf')] * 2
+                for _ in range(rounds):
+                    for i, fn in enumerate((theirs, ours)):
+                        t0 = time.perf_counter()
+                        fn()
+                        best[i] = min(best[i], time.perf_counter() - t0)
+                flops = 2 * rows * out * inp
+                cells.append(f"{name}: torch {flops / best[0] / 1e9:4.0f}, oneDNN {flops / best[1] / 1e9:4.0f} "
+                             f"({best[0] / best[1]:.2f}x)")
+            print(f"{rows:5d} x {inp:5d} -> {out:5d}   " + '   '.join(cells))
 
 
 SECTIONS = dict(peak=bench_peak, rules=bench_rules, train=bench_train, generate=bench_generate)
@@ -360,9 +393,13 @@ def main():
     ap.add_argument('--gen_tokens', type=int, default=64)
     ap.add_argument('--gen_prompts', default='random', choices=['random', 'gsm8k'],
                     help='generate: random tokens (16-63), or 5-shot GSM8K prompts as eval.py builds them')
+    ap.add_argument('--keep_freed_memory', action=argparse.BooleanOptionalAction, default=True,
+                    help="CPU: train.py's allocator setting for the whole process (cpu.keep_freed_memory)")
     args = ap.parse_args()
     if args.device == 'cuda' and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is visible to torch")
+    if args.device == 'cpu' and args.keep_freed_memory:
+        cpu.keep_freed_memory()
     args.dtype = args.dtype or (['fp32', 'bf16'] if native_bf16(args.device) else ['fp32'])
     for name in args.only:
         SECTIONS[name](args)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 import sandbox
 from data.prepare import gsm8k
+from cpu import keep_freed_memory
 from model import load_checkpoint, package_file
 
 TASKS = ("gsm8k", "gsm8k_nll", "gsm8k_classes", "gsm8k_mc", "humaneval", "ppl", "kl")
@@ -548,6 +549,8 @@ def main(argv=None):
     p.add_argument("--ppl_stride", type=int, help="new tokens per window (default window / 2)")
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cpu":
+        keep_freed_memory()  # as train.py: big blocks are reused, not faulted in again per batch
     if args.compare:
         from report import compare  # imports this module: a top-level import would be circular
         return compare(args.compare, args.plot)

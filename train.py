@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import cpu
 import weights
 from data.loader import Batches, load_split, make_batch, plan_batches, prior_cache
 from model import load_checkpoint, read_run_checkpoint
@@ -297,6 +298,8 @@ def setup_process():
     if grad_accum % world:
         raise SystemExit(f"grad_accum={grad_accum} must be a multiple of the {world} ranks")
     device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
+    if device_type == 'cpu':
+        cpu.keep_freed_memory()  # glibc would hand each step's big blocks back, and the next step fault them in again
     compute_dtype = dtype if dtype != 'auto' else 'bfloat16' if native_bf16(device_type) else 'float32'
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if compute_dtype == 'bfloat16' else nullcontext()
     for seeded in (torch.manual_seed, random.seed, np.random.seed):
@@ -378,24 +381,24 @@ def native_bf16(device_type):
 
 def default_peak(proc):
     """MFU's denominator: the dense bf16 datasheet peak of an H100/H200 or A100; on the CPU, its measured matmul
-    rate in the compute dtype (no datasheet applies)."""
+    rate in the compute dtype (no datasheet applies), the faster of torch's kernel and oneDNN's (cpu.py)."""
     if proc.device_type == 'cuda':
         gpu = torch.cuda.get_device_name(proc.dev)
         return 989e12 if any(h in gpu for h in ('H100', 'H200', 'H800')) else 312e12
-    return matmul_flops(proc.dev, getattr(torch, proc.compute_dtype))
+    return max(matmul_flops(proc.dev, getattr(torch, proc.compute_dtype), mm=mm) for mm in (torch.mm, cpu.mm))
 
 
-def matmul_flops(dev, dtype, n=1024, reps=10, warm=3):
-    """The measured FLOP/s of an n x n matmul: the denominator of MFU where no datasheet peak applies. The warm-up
-    calls keep thread start-up and cold caches out of the timing."""
+def matmul_flops(dev, dtype, n=1024, reps=10, warm=3, mm=torch.mm):
+    """The measured FLOP/s of an n x n matmul (mm: whose kernel): the denominator of MFU where no datasheet peak
+    applies. The warm-up calls keep thread start-up and cold caches out of the timing."""
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
     for _ in range(warm):
-        a @ b
+        mm(a, b)
     if dev.startswith('cuda'):
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     for _ in range(reps):
-        a @ b
+        mm(a, b)
     if dev.startswith('cuda'):
         torch.cuda.synchronize(dev)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)

@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cpu import mm
+
 RULES = ('sft', 'dft', 'infosft', 'profit', 'prift')
 SIGNALS = ('online', 'prior')
 DEFAULTS = dict(infosft_P=0.93, profit_tau=0.1, profit_tau_high=1.0, profit_direction='higher',
@@ -127,7 +129,7 @@ def target_signals(hidden, lm_head_weight, targets, chunk_size=CHUNK):
     with torch.autocast(hidden.device.type, enabled=False):
         for i in range(0, len(y), chunk_size):
             s = slice(i, i + chunk_size)
-            probs = torch.softmax((x[s] @ W.T).float(), dim=-1)
+            probs = torch.softmax(mm(x[s], W.T).float(), dim=-1)
             py = probs.gather(1, y[s].clamp_min(0)[:, None])  # negative targets (padding) give p = u = 0 below
             # u: the mass of the tokens less likely than the target (strict <, as the official PriFT code: ties with
             # the target are left out), plus the target's own; u >= 0.5 <=> y lies in the top-p=0.5 nucleus
@@ -152,7 +154,7 @@ class _FusedWeightedCE(torch.autograd.Function):
         ce, w = (torch.empty(len(y), dtype=torch.float32, device=h.device) for _ in range(2))
         for i in range(0, len(y), chunk_size):
             s = slice(i, i + chunk_size)
-            logits = (hd[s] @ Wd.T).float()
+            logits = mm(hd[s], Wd.T).float()  # mm: a @ b, through oneDNN for float32 on the CPU (cpu.py)
             target = logits.gather(1, y[s, None])
             top = logits.amax(1, keepdim=True)
             e = logits.sub_(top).exp_()  # unnormalised softmax, in place of the logits
@@ -164,7 +166,7 @@ class _FusedWeightedCE(torch.autograd.Function):
                 scale = w[s, None] / n
                 g = e.mul_(scale / total).scatter_add_(1, y[s, None], -scale).to(dt)  # w * (softmax - onehot) / n
                 if need_h:
-                    grad_h[s] = g @ Wd
+                    grad_h[s] = mm(g, Wd)
                 if need_W:
                     gW = (g.T @ hd[s]).float()  # accumulated over chunks in float32
                     grad_W = gW if grad_W is None else grad_W.add_(gW)

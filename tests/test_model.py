@@ -98,9 +98,38 @@ def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
         assert row == seq[len(prompt):]
 
 
+def test_folded_attention_equals_plain_gqa_with_gradients(tiny_checkpoint, monkeypatch):
+    # On the CPU, sequences of up to FOLD_MAX_T tokens fold each kv head's query heads into one query block; plain
+    # GQA (FOLD_MAX_T = 0) must give the same logits and gradients, causal and under generate's padding mask.
+    model, _ = M.load_checkpoint(tiny_checkpoint("llama")[0])
+    assert model.config.n_head > model.config.n_kv_head
+    idx = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    real = torch.ones(2, 12, dtype=torch.bool)
+    real[1, :5] = False  # row 1 left-padded, as generate pads its prompts
+    padded = (torch.ones(12, 12, dtype=torch.bool).tril() & real[:, None, None, :]) | torch.eye(12, dtype=torch.bool)
+    pos = (real.cumsum(1) - 1).clamp(min=0)
+
+    def run():
+        model.zero_grad()
+        causal = model(idx)
+        causal.square().mean().backward()
+        with torch.no_grad():
+            masked = model(idx, pos, padded)
+        return causal.detach(), masked, [p.grad.clone() for p in model.parameters()]
+
+    folded = run()
+    monkeypatch.setattr(M, "FOLD_MAX_T", 0)
+    plain = run()
+    torch.testing.assert_close(folded[0], plain[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(folded[1], plain[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(folded[2], plain[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
-def test_decode_step_logits_equal_the_full_forward(tiny_checkpoint, kind):
+def test_decode_step_logits_equal_the_full_forward(tiny_checkpoint, kind, monkeypatch):
     # Decoding folds each kv head's group of query heads into one query block; plain GQA must give the same logits.
+    monkeypatch.setattr(M, "FOLD_MAX_T", 0)  # the full forward: plain GQA
     model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
     cfg, ids = model.config, torch.tensor([[5, 17, 300, 42, 7, 9]])
     assert cfg.n_head > cfg.n_kv_head  # the folded path runs

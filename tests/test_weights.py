@@ -253,7 +253,8 @@ def test_micro_batches_sum_to_one_batch(rule):
     parts = [weighted_loss(h[i:i + 1], W, y[i:i + 1], m[i:i + 1], n, rule, chunk_size=4)[0] for i in range(2)]
     ph, pW = torch.autograd.grad(parts[0] + parts[1], (h, W))
     assert torch.allclose(parts[0] + parts[1], whole, rtol=1e-6)
-    assert torch.allclose(ph, gh, atol=1e-8) and torch.allclose(pW, gW, rtol=1e-5, atol=1e-8)
+    # gW sums over chunks that the two calls cut differently: float32 rounding, at the scale of gW's largest entry
+    assert torch.allclose(ph, gh, atol=1e-8) and torch.allclose(pW, gW, rtol=1e-5, atol=1e-6 * gW.abs().max())
 
 
 def test_upstream_gradient_scales():

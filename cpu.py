@@ -1,0 +1,99 @@
+"""
+Speed on x86 CPUs, nothing else: two of torch's CPU defaults that cost tokenwise's runs time, and what it does
+instead. Skip this file to learn the methods: the numbers are the same up to float rounding (tests/test_cpu.py).
+
+1. float32 matmuls. torch sends them to MKL, which on processors that are not Intel's runs its generic code path:
+   on this project's AMD EPYC, AVX-512 and all, MKL_VERBOSE names it "Intel(R) Architecture processors". oneDNN,
+   which torch also ships (and already uses for bf16), compiles its kernels for the instructions the CPU has,
+   whoever made it. linear() and mm() send float32 CPU matmuls there: 1.1-1.3x faster for training's shapes, 1.4-2.3x
+   for decoding's 8 rows on a 2-core EPYC (README, Benchmarks). Weight gradients stay with torch, where oneDNN was
+   no faster. bf16, autocast and CUDA take torch's own path, untouched.
+2. The allocator. glibc hands blocks of over 32 MB back to the kernel when they are freed, and trims the top of its
+   heap; a training step then faults its logits, gradients and activations in anew, page by page: ~180k page faults
+   a step for SmolLM2-135M, a sixth of a bf16 step on a VM. keep_freed_memory() makes glibc keep them for reuse.
+"""
+import ctypes
+import platform
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _has_onednn_linear():
+    if platform.machine().lower() not in ('x86_64', 'amd64') or not torch.backends.mkldnn.is_available():
+        return False  # measured on x86 only; elsewhere oneDNN wraps other libraries (Arm's ACL)
+    try:
+        torch.ops.mkldnn._linear_pointwise  # torch's own op for inductor's CPU linears; absent from some builds
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+ONEDNN = _has_onednn_linear()
+
+
+def _onednn_applies(x, w):
+    return (ONEDNN and x.device.type == 'cpu' and x.dtype == w.dtype == torch.float32
+            and not torch.is_autocast_enabled('cpu'))
+
+
+def _onednn_linear(x, w, b=None):
+    """x @ w.T + b by oneDNN; x and w may be strided views (transposes are read in place)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, 'none', [], '')
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """F.linear's forward and input gradient through oneDNN; the weight gradient g.T @ x through torch."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return _onednn_linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        grad_x = _onednn_linear(g, w.t()) if ctx.needs_input_grad[0] else None  # g @ w
+        grad_w = g2.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def linear(x, w, b=None):
+    """F.linear(x, w, b), through oneDNN for float32 on an x86 CPU (differentiable)."""
+    if not _onednn_applies(x, w):
+        return F.linear(x, w, b)
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
+        return _OneDNNLinear.apply(x, w, b)
+    return _onednn_linear(x, w, b)
+
+
+def mm(a, b):
+    """a @ b for 2-D tensors, through oneDNN for float32 on an x86 CPU; no autograd (for the fused loss's own
+    backward)."""
+    return _onednn_linear(a, b.t()) if _onednn_applies(a, b) else a @ b
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose float32 CPU matmuls run through oneDNN (linear above); same parameters, same state dict."""
+
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory():
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel: blocks up to 1 GB come from
+    the heap, and the heap is trimmed only when 1 GB lies free at its top. For a CPU run's process, once, before the
+    work; the peak memory is unchanged, but it stays resident. Returns whether glibc took both settings (no
+    glibc, no change: macOS, musl)."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    return all(libc.mallopt(param, 1 << 30) == 1 for param in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD))
