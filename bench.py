@@ -24,6 +24,7 @@ generate: greedy decoding against transformers' generate (bench_generate); --gen
 5-shot GSM8K prompts and prints the time a full evaluation would take at that pace.
 """
 import argparse
+import contextlib
 import ctypes
 import statistics
 import tempfile
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import cpu
+import model
 from train import make_optimizer, matmul_flops, native_bf16
 from weights import RULES, token_weights, weighted_loss
 
@@ -178,7 +180,7 @@ def trl_trainer(args, ours, tok, x, dname, out_dir, steps, before_step, timed):
 
     with tempfile.TemporaryDirectory() as d:
         export_hf(ours, tok, d)
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(args.device)
+        hf_model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(args.device)
         tokenizer = AutoTokenizer.from_pretrained(d)
     rows = Dataset.from_dict({'input_ids': x.tolist() * steps})
     disable_progress_bars()  # the trainer's dataset preparation; the final metrics line goes with PrinterCallback
@@ -188,9 +190,25 @@ def trl_trainer(args, ours, tok, x, dname, out_dir, steps, before_step, timed):
                     max_steps=steps, max_length=x.shape[1], activation_checkpointing=False, max_grad_norm=0.0,
                     bf16=dname == 'bf16', use_cpu=args.device == 'cpu', save_strategy='no', logging_strategy='no',
                     report_to=[], disable_tqdm=True, seed=0)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=rows, processing_class=tokenizer, callbacks=[Rounds()])
+    trainer = SFTTrainer(model=hf_model, args=cfg, train_dataset=rows, processing_class=tokenizer, callbacks=[Rounds()])
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+# What each sft_<name> variant of the train section (--ablations) undoes: float32 linears through torch's own matmul
+# instead of oneDNN's, and plain GQA attention instead of the folded query heads (cpu.py, model.Attention).
+ABLATIONS = dict(torch_mm=(cpu, 'ONEDNN', False), gqa=(model, 'FOLD_MAX_T', 0))
+
+
+@contextlib.contextmanager
+def setting(module, name, value):
+    """module.name = value for the duration of the block."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
 
 
 def bench_train(args):
@@ -218,14 +236,18 @@ def bench_train(args):
         # transformers: PyTorch's default AdamW, a Python loop over the parameters on the CPU; tokenwise: train.py's
         opts = {'transformers': torch.optim.AdamW(theirs.parameters(), lr=1e-6)}
         opts.update({name: make_optimizer(list(ours.parameters())) for name in RULES})
+        if args.ablations:
+            opts.update({f'sft_{off}': make_optimizer(list(ours.parameters())) for off in ABLATIONS})
 
         def step(name):
-            with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
+            rule, _, off = name.partition('_')  # sft_<ablation>: sft with one of tokenwise's CPU choices undone
+            with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32), \
+                    setting(*ABLATIONS[off]) if off else contextlib.nullcontext():
                 if name == 'transformers':
                     loss = F.cross_entropy(theirs(x).logits.float().flatten(0, 1), y.flatten())
                 else:
                     h = fwd(x, return_hidden=True)
-                    loss, _ = weighted_loss(h, ours.lm_head.weight, y, mask, B * T, name, **prior)
+                    loss, _ = weighted_loss(h, ours.lm_head.weight, y, mask, B * T, rule, **prior)
             loss.backward()
             opts[name].step()
             opts[name].zero_grad(set_to_none=True)
@@ -387,6 +409,8 @@ def main():
     ap.add_argument('--train_batch', type=int, default=4)
     ap.add_argument('--train_seq', type=int, default=256)
     ap.add_argument('--train_rounds', type=int, default=5, help='train: timed interleaved rounds (--iters: the others)')
+    ap.add_argument('--ablations', action=argparse.BooleanOptionalAction, default=False,
+                    help='train: also sft with each of tokenwise\'s CPU choices undone (bench.ABLATIONS)')
     ap.add_argument('--trl', action=argparse.BooleanOptionalAction, default=True,
                     help="train: TRL's SFTTrainer(loss_type='dft') as a second baseline (requirements-dev.txt)")
     ap.add_argument('--gen_batch', type=int, default=8)

@@ -1,5 +1,5 @@
-"""bench.py's train section end to end on a tiny model: every variant, TRL's SFTTrainer among them, gets its tokens/s
-and its ratios as a median and a range over the interleaved rounds."""
+"""bench.py's train section end to end on a tiny model: every variant, TRL's SFTTrainer and the ablations among them,
+gets its tokens/s and its ratios as a median and a range over the interleaved rounds."""
 import re
 import sys
 
@@ -11,12 +11,12 @@ ROW = re.compile(r"^(\w+) +(\d+) +(\d+\.\d\d) \[(\d+\.\d\d)-(\d+\.\d\d)\] +(\d+\
 def test_train_section_reports_every_variant_with_its_spread(tiny_checkpoint, monkeypatch, capsys):
     folder, _ = tiny_checkpoint("llama")
     monkeypatch.setattr(sys, "argv", ["bench.py", "--only", "train", "--model", folder, "--train_batch", "2",
-                                      "--train_seq", "8", "--warmup", "1", "--train_rounds", "2"])
+                                      "--train_seq", "8", "--warmup", "1", "--train_rounds", "2", "--ablations"])
     bench.main()
     out = capsys.readouterr().out
     assert "1 + 2 interleaved rounds" in out
     rows = {m[1]: m for m in map(ROW.match, out.splitlines()) if m}
-    assert set(rows) == {"transformers", *bench.RULES, "trl"}
+    assert set(rows) == {"transformers", *bench.RULES, "sft_torch_mm", "sft_gqa", "trl"}
     for name, m in rows.items():
         median, low, high = (float(v) for v in m.groups()[2:5])
         assert low <= median <= high
