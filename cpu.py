@@ -5,12 +5,15 @@ instead. Skip this file to learn the methods: the numbers are the same up to flo
 1. float32 matmuls. torch sends them to MKL, which on processors that are not Intel's runs its generic code path:
    on this project's AMD EPYC, AVX-512 and all, MKL_VERBOSE names it "Intel(R) Architecture processors". oneDNN,
    which torch also ships (and already uses for bf16), compiles its kernels for the instructions the CPU has,
-   whoever made it. linear() and mm() send float32 CPU matmuls there: 1.1-1.3x faster for training's shapes, 1.4-2.3x
-   for decoding's 8 rows on a 2-core EPYC (README, Benchmarks). Weight gradients stay with torch, where oneDNN was
-   no faster. bf16, autocast and CUDA take torch's own path, untouched.
+   whoever made it. linear() and mm() send float32 CPU matmuls there: on a 2-core EPYC, 1.06-1.39x faster for
+   training's 1,024-row shapes and up to 2.3x for decoding's 8 rows (`python bench.py --only peak`; README,
+   Benchmarks). Weight gradients stay with torch, where oneDNN was no faster. bf16, autocast and CUDA take torch's
+   own path, untouched.
 2. The allocator. glibc hands blocks of over 32 MB back to the kernel when they are freed, and trims the top of its
-   heap; a training step then faults its logits, gradients and activations in anew, page by page: ~180k page faults
-   a step for SmolLM2-135M, a sixth of a bf16 step on a VM. keep_freed_memory() makes glibc keep them for reuse.
+   heap; a training step then faults some of its logits, gradients and activations in anew, page by page: for
+   SmolLM2-135M (4x256 tokens) on a 2-core VM, ~160k page faults and ~0.7 s of a ~4.3 s bf16 step (in float32
+   fewer, and no measurable time). keep_freed_memory() makes glibc keep them for reuse, at the price of some peak
+   memory (a fragmented heap: ~100 MB of a step's ~2 GB).
 """
 import ctypes
 import platform

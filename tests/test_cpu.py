@@ -75,18 +75,19 @@ import cpu
 if sys.argv[1] == 'keep':
     assert cpu.keep_freed_memory()
 counts = []
-for _ in range(12):
+for _ in range(32):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(64 << 20, dtype=torch.uint8)  # a 64 MB block, touched, then freed
     counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(max(counts[8:]))
+print(max(counts[-8:]))
 """
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="glibc's allocator")
 def test_keep_freed_memory_stops_a_freed_block_faulting_in_again():
-    # glibc's default maps every such block anew: 16k page faults each time. Kept blocks are reused once the first
-    # few have coalesced (torch's 64-byte-aligned allocations do not fit exactly into a block just freed)
+    # glibc's default maps every such block anew: 16k page faults each time. Kept, the first 6-10 blocks still fault
+    # (measured over 15 runs; torch's 64-byte-aligned allocations do not fit exactly into a block just freed, and
+    # the heap grows until freed blocks have coalesced); after that, none does
     def faults(mode):
         run = subprocess.run([sys.executable, '-c', FAULTS, mode], capture_output=True, text=True, check=True,
                              cwd=M.__file__.rsplit('/', 1)[0])
