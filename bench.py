@@ -198,6 +198,10 @@ def trl_trainer(args, ours, tok, x, dname, out_dir, steps, before_step, timed):
 # What each sft_<name> variant of the train section (--ablations) undoes: float32 linears through torch's own matmul
 # instead of oneDNN's, and plain GQA attention instead of the folded query heads (cpu.py, model.Attention).
 ABLATIONS = dict(torch_mm=(cpu, 'ONEDNN', False), gqa=(model, 'FOLD_MAX_T', 0))
+# ... and each tokenwise_<name> variant of the generate section: weights as they are instead of packed for decoding's
+# few rows, and no oneDNN at all (torch's own matmuls, plain weights).
+GEN_ABLATIONS = dict(unpacked=(model, 'packed_weights', lambda module, rows: contextlib.nullcontext()),
+                     torch_mm=ABLATIONS['torch_mm'])
 
 
 @contextlib.contextmanager
@@ -209,6 +213,11 @@ def setting(module, name, value):
         yield
     finally:
         setattr(module, name, old)
+
+
+def with_setting(ablation, fn, *args):
+    with setting(*ablation):
+        return fn(*args)
 
 
 def bench_train(args):
@@ -300,7 +309,8 @@ def bench_train(args):
 
 def bench_generate(args):
     """Greedy generation of a padded batch with a static KV cache: tokenwise against transformers' generate, with its
-    default (dynamic) cache and with cache_implementation='static'. Each ratio is the median of --iters rounds.
+    default (dynamic) cache and with cache_implementation='static' (--ablations: and against itself with one CPU
+    choice undone, GEN_ABLATIONS). Each ratio is the median of --iters rounds.
     --gen_prompts=gsm8k: eval.py's 5-shot prompts of the first GSM8K questions, and the time a whole evaluation
     would take at this pace."""
     ours, theirs, tok = load_pair(args)
@@ -328,6 +338,9 @@ def bench_generate(args):
             ours.setup_caches(B, P + new)
         runs = dict(tokenwise=lambda: ours.generate(prompts, new), transformers=hf(),
                     transformers_static=hf(cache_implementation="static"))
+        if args.ablations:
+            for off in GEN_ABLATIONS:
+                runs[f'tokenwise_{off}'] = lambda off=off: with_setting(GEN_ABLATIONS[off], ours.generate, prompts, new)
         times, outs = {name: [] for name in runs}, {}
         with torch.inference_mode():
             for r in range(args.warmup + args.iters):
@@ -338,7 +351,7 @@ def bench_generate(args):
                     if r >= args.warmup:
                         times[name].append(time.perf_counter() - t0)
         tps = {name: B * new / statistics.median(t) for name, t in times.items()}
-        for name in ('transformers', 'transformers_static'):
+        for name in [name for name in runs if name != 'tokenwise']:
             ratio = median_range([a / b for a, b in zip(times[name], times['tokenwise'])])  # paired by round
             same = sum(a == b for a, b in zip(outs['tokenwise'], outs[name]))
             print(f"-- {dname}: tokenwise {tps['tokenwise']:.0f} tokens/s, {name} {tps[name]:.0f} tokens/s, ratio "
@@ -410,7 +423,8 @@ def main():
     ap.add_argument('--train_seq', type=int, default=256)
     ap.add_argument('--train_rounds', type=int, default=5, help='train: timed interleaved rounds (--iters: the others)')
     ap.add_argument('--ablations', action=argparse.BooleanOptionalAction, default=False,
-                    help='train: also sft with each of tokenwise\'s CPU choices undone (bench.ABLATIONS)')
+                    help='train, generate: also tokenwise with each of its CPU choices undone '
+                         '(bench.ABLATIONS, bench.GEN_ABLATIONS)')
     ap.add_argument('--trl', action=argparse.BooleanOptionalAction, default=True,
                     help="train: TRL's SFTTrainer(loss_type='dft') as a second baseline (requirements-dev.txt)")
     ap.add_argument('--gen_batch', type=int, default=8)

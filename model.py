@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cpu import Linear
+from cpu import Linear, packed_weights
 from tokenizer import load_tokenizer, tokenizer_from_gguf
 
 
@@ -252,24 +252,26 @@ class Transformer(nn.Module):
         causal = torch.ones(P, L, dtype=torch.bool, device=device).tril()
         mask = (causal & real[:, None, None, :]) | torch.eye(P, L, dtype=torch.bool, device=device)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        # the vocabulary head only where the next token is read: the whole prompt's logits would cost P times more
-        logits = self.lm_head(self(idx, pos, mask, caches, torch.arange(P, device=device), return_hidden=True)[:, -1])
-        out, done = [[] for _ in range(n)], [False] * n
-        for t in range(max_new_tokens):
-            nxt = sample(logits.float(), temperature, top_p, gen)
-            for i, tok in enumerate(nxt[:n].tolist()):
-                if done[i]:
-                    continue
-                if tok == eos_id:
-                    done[i] = True
-                    continue
-                out[i].append(tok)
-                done[i] = stop is not None and stop(out[i])
-            if all(done) or t == max_new_tokens - 1:
-                break
-            real[:, P + t] = True
-            pos = pos[:, -1:] + 1
-            logits = step(nxt[:, None], pos, torch.tensor([P + t], device=device), real[:, None, None, :], caches)
+        with packed_weights(self, B):  # decoding's few rows: weights in oneDNN's layout on an x86 CPU (cpu.py)
+            # the vocabulary head only where the next token is read: the whole prompt's logits would cost P times more
+            hidden = self(idx, pos, mask, caches, torch.arange(P, device=device), return_hidden=True)
+            logits = self.lm_head(hidden[:, -1])
+            out, done = [[] for _ in range(n)], [False] * n
+            for t in range(max_new_tokens):
+                nxt = sample(logits.float(), temperature, top_p, gen)
+                for i, tok in enumerate(nxt[:n].tolist()):
+                    if done[i]:
+                        continue
+                    if tok == eos_id:
+                        done[i] = True
+                        continue
+                    out[i].append(tok)
+                    done[i] = stop is not None and stop(out[i])
+                if all(done) or t == max_new_tokens - 1:
+                    break
+                real[:, P + t] = True
+                pos = pos[:, -1:] + 1
+                logits = step(nxt[:, None], pos, torch.tensor([P + t], device=device), real[:, None, None, :], caches)
         return out
 
     def decode_step(self, idx, pos, slots, mask, caches):

@@ -1,5 +1,6 @@
 """bench.py's train section end to end on a tiny model: every variant, TRL's SFTTrainer and the ablations among them,
-gets its tokens/s and its ratios as a median and a range over the interleaved rounds."""
+gets its tokens/s and its ratios as a median and a range over the interleaved rounds; the generate section on GSM8K
+prompts, its ablations among the variants."""
 import re
 import sys
 
@@ -27,9 +28,11 @@ def test_generate_section_on_gsm8k_prompts_estimates_a_full_evaluation(tiny_chec
     folder, _ = tiny_checkpoint("llama")
     monkeypatch.setattr(sys, "argv", ["bench.py", "--only", "generate", "--model", folder, "--gen_prompts", "gsm8k",
                                       "--gen_batch", "2", "--gen_tokens", "3", "--iters", "1", "--warmup", "0",
-                                      "--dtype", "fp32"])
+                                      "--dtype", "fp32", "--ablations"])
     bench.main()
     out = capsys.readouterr().out
+    for ablation in bench.GEN_ABLATIONS:  # tokenwise against itself with one CPU choice undone
+        assert re.search(rf"-- fp32: tokenwise [\d.]+ tokens/s, tokenwise_{ablation} [\d.]+ tokens/s, ratio ", out)
     # the tiny model's 128-token context keeps each 5-shot prompt's last 125 tokens, as eval.py would
     assert "== generate: 2 gsm8k prompts of 125-125 tokens, 3 new tokens each" in out
     assert re.search(r"evaluation at this pace \(660 batches of 2 x 3 tokens\): tokenwise [\d.]+ min, "

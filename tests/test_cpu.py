@@ -1,5 +1,6 @@
 """cpu.py: the oneDNN float32 linear equals F.linear (values and gradients) and is really the path taken; bf16 and
-autocast keep torch's; keep_freed_memory stops a freed block from faulting in again."""
+autocast keep torch's; packed weights equal plain ones and generate really uses them, only while it runs;
+keep_freed_memory stops a freed block from faulting in again."""
 import platform
 import subprocess
 import sys
@@ -67,6 +68,57 @@ def test_model_forward_and_backward_run_through_onednn_in_float32_only():
         assert onednn_calls(lambda: model(idx)) == 0
     with torch.no_grad():
         assert onednn_calls(lambda: model.to(torch.bfloat16)(idx)) == 0
+
+
+
+@pytest.mark.skipif(not cpu.ONEDNN, reason="no oneDNN linear on this machine")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_weights_equal_plain_linear(dtype, bias):
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN has no native bf16 here, so bf16 weights are not packed")
+    g = torch.Generator().manual_seed(3)
+    layer = cpu.Linear(33, 70, bias=bias).to(dtype)
+    inputs = [torch.randn(*shape, generator=g).to(dtype) for shape in ((8, 33), (3, 1, 33), (2, 45, 33))]
+    with torch.no_grad():
+        want = [F.linear(x, layer.weight, layer.bias) for x in inputs]
+        with cpu.packed_weights(layer, rows=8):  # packed for 8 rows, right for any number
+            assert layer.packed is not None
+            got = [layer(x) for x in inputs]
+    assert layer.packed is None
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    for g_, w_ in zip(got, want):
+        assert g_.dtype == dtype
+        torch.testing.assert_close(g_, w_, **tol)
+
+
+@pytest.mark.skipif(not cpu.ONEDNN, reason="no oneDNN linear on this machine")
+def test_generate_multiplies_by_packed_weights_and_drops_them_after():
+    cfg = M.Config(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=48, block_size=64,
+                   tie_embeddings=False)
+    model = M.Transformer(cfg).eval()
+    linears = [m for m in model.modules() if isinstance(m, cpu.Linear)]
+    calls = []
+    original = cpu.Linear.forward
+
+    def spy(self, x):
+        calls.append(self.packed is not None)
+        return original(self, x)
+
+    cpu.Linear.forward = spy
+    try:
+        first = model.generate([[1, 2, 3], [4, 5]], 6)
+    finally:
+        cpu.Linear.forward = original
+    assert calls and all(calls)
+    assert all(m.packed is None for m in linears)
+    with torch.no_grad():  # a weight changed after one call is read fresh by the next, not from a stale copy:
+        model.lm_head.weight.mul_(-1)  # the first token turns from the most likely into the least likely
+        least_likely = model(torch.tensor([[1, 2, 3]]))[0, -1].argmax().item()
+    assert model.generate([[1, 2, 3]], 1) == [[least_likely]] != [first[0][:1]]
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):  # autocast keeps torch's own path
+        with cpu.packed_weights(model, rows=2):
+            assert all(m.packed is None for m in linears)
 
 
 FAULTS = """
