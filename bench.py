@@ -5,7 +5,8 @@ Benchmarks for tokenwise; each section prints its own numbers.
     python bench.py --only rules --dtype bf16 --device cuda
 
 peak: the measured matmul rate of each dtype (MFU's denominator; bf16 without matrix units is emulated, slowly);
-on an x86 CPU also float32 through oneDNN, as tokenwise's linears run it (cpu.py), against torch's own (MKL).
+on an x86 CPU also float32 through oneDNN, as tokenwise's linears run it (cpu.py), against torch's own (MKL), and
+decoding's 8 rows by weights packed for oneDNN, as generate multiplies them, against plain ones.
 
 rules: forward + backward of weighted_loss for each rule on a synthetic batch (SmolLM2 sizes by default),
 against plain cross-entropy computed the same chunked way (rule 'sft') and against the naive unchunked
@@ -341,6 +342,9 @@ def bench_generate(args):
         if args.ablations:
             for off in GEN_ABLATIONS:
                 runs[f'tokenwise_{off}'] = lambda off=off: with_setting(GEN_ABLATIONS[off], ours.generate, prompts, new)
+            t0 = time.perf_counter()
+            with cpu.packed_weights(ours, B):  # what each tokenwise generate call spends on packing
+                print(f"-- {dname}: packing the weights for {B} rows: {(time.perf_counter() - t0) * 1e3:.0f} ms")
         times, outs = {name: [] for name in runs}, {}
         with torch.inference_mode():
             for r in range(args.warmup + args.iters):
@@ -373,6 +377,7 @@ def bench_peak(args):
         print(f"{dname:<11} {rate / 1e9:10.1f} GFLOP/s {rate / rates[args.dtype[0]]:7.3f}x {args.dtype[0]}")
     if args.device == 'cpu' and cpu.ONEDNN:
         onednn_vs_torch()
+        packed_vs_plain([d for d in args.dtype if d == 'fp32' or torch.ops.mkldnn._is_mkldnn_bf16_supported()])
 
 
 def onednn_vs_torch(rounds=10):
@@ -388,16 +393,39 @@ def onednn_vs_torch(rounds=10):
                      'g @ W': (lambda: dy @ W, lambda: cpu.mm(dy, W))}
             cells = []
             for name, (theirs, ours) in pairs.items():
-                best = [float('inf')] * 2
-                for _ in range(rounds):
-                    for i, fn in enumerate((theirs, ours)):
-                        t0 = time.perf_counter()
-                        fn()
-                        best[i] = min(best[i], time.perf_counter() - t0)
+                best = fastest((theirs, ours), rounds)
                 flops = 2 * rows * out * inp
                 cells.append(f"{name}: torch {flops / best[0] / 1e9:4.0f}, oneDNN {flops / best[1] / 1e9:4.0f} "
                              f"({best[0] / best[1]:.2f}x)")
             print(f"{rows:5d} x {inp:5d} -> {out:5d}   " + '   '.join(cells))
+
+
+def packed_vs_plain(dnames, rounds=10):
+    """Decoding's 8 rows by SmolLM2's weights: torch's F.linear against the weight packed for oneDNN, as generate
+    multiplies (cpu.packed_weights); GB/s of weight read, the fastest of interleaved rounds."""
+    print("-- 8 rows x W.T, torch vs the weight packed for oneDNN: GB/s of W, the fastest of", rounds, "interleaved "
+          "rounds")
+    g = torch.Generator().manual_seed(0)
+    for dname in dnames:
+        for out, inp in ((960, 576), (3072, 576), (576, 1536), (49152, 576)):
+            layer = cpu.Linear(inp, out, bias=False, dtype=DTYPES[dname])
+            x = torch.randn(8, inp, generator=g).to(DTYPES[dname])
+            with torch.no_grad(), cpu.packed_weights(layer, rows=8):
+                best = fastest((lambda: F.linear(x, layer.weight), lambda: layer(x)), rounds)
+            gb = layer.weight.numel() * layer.weight.element_size() / 1e9
+            print(f"{dname} {inp:5d} -> {out:5d}   torch {gb / best[0]:5.1f}, packed {gb / best[1]:5.1f} "
+                  f"({best[0] / best[1]:.2f}x)")
+
+
+def fastest(fns, rounds):
+    """The shortest time of each fn over `rounds` rounds that run them all in turn."""
+    best = [float('inf')] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 SECTIONS = dict(peak=bench_peak, rules=bench_rules, train=bench_train, generate=bench_generate)

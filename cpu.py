@@ -91,7 +91,7 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, 'none', [], '')
+            return _onednn_linear(x, self.packed, self.bias)
         return linear(x, self.weight, self.bias)
 
 
@@ -99,10 +99,10 @@ class Linear(nn.Linear):
 def packed_weights(model, rows):
     """Within the block, every Linear of `model` (float32 or bf16, on an x86 CPU, no autocast) multiplies by a copy
     of its weight reordered into oneDNN's blocked layout for inputs of `rows` rows. Decoding's few rows read a plain
-    weight slowly; packed, its matmuls ran 2x faster (bf16) and 1.5-2x faster than oneDNN's unpacked float32 on a
-    2-core EPYC, the same numbers in bf16, with no loss for prefill's many rows. Packing SmolLM2-135M takes ~75 ms
-    (bf16) to ~170 ms (float32), and the copies are dropped on exit, so that a weight updated later is never read
-    stale. For inference only: the packed path has no autograd."""
+    weight slowly, a packed one up to twice as fast (`python bench.py --only peak`), and prefill's many rows lose
+    nothing. Packing takes a fraction of one generate call (`bench.py --only generate --ablations` prints both), and
+    the copies are dropped on exit, so that a weight updated later is never read stale. For inference only: the
+    packed path has no autograd."""
     linears = []
     if ONEDNN and not torch.is_autocast_enabled('cpu'):
         # bf16 only where oneDNN runs it natively (AVX-512 BF16, AMX); elsewhere torch's own path stays

@@ -70,7 +70,6 @@ def test_model_forward_and_backward_run_through_onednn_in_float32_only():
         assert onednn_calls(lambda: model.to(torch.bfloat16)(idx)) == 0
 
 
-
 @pytest.mark.skipif(not cpu.ONEDNN, reason="no oneDNN linear on this machine")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
@@ -93,7 +92,7 @@ def test_packed_weights_equal_plain_linear(dtype, bias):
 
 
 @pytest.mark.skipif(not cpu.ONEDNN, reason="no oneDNN linear on this machine")
-def test_generate_multiplies_by_packed_weights_and_drops_them_after():
+def test_generate_multiplies_by_packed_weights_and_drops_them_after(monkeypatch):
     cfg = M.Config(vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=48, block_size=64,
                    tie_embeddings=False)
     model = M.Transformer(cfg).eval()
@@ -105,11 +104,8 @@ def test_generate_multiplies_by_packed_weights_and_drops_them_after():
         calls.append(self.packed is not None)
         return original(self, x)
 
-    cpu.Linear.forward = spy
-    try:
-        first = model.generate([[1, 2, 3], [4, 5]], 6)
-    finally:
-        cpu.Linear.forward = original
+    monkeypatch.setattr(cpu.Linear, 'forward', spy)
+    first = model.generate([[1, 2, 3], [4, 5]], 6)
     assert calls and all(calls)
     assert all(m.packed is None for m in linears)
     with torch.no_grad():  # a weight changed after one call is read fresh by the next, not from a stale copy:
