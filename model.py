@@ -7,6 +7,7 @@ One decoder-only transformer for two checkpoint families, written from scratch:
 Plus loading (Hugging Face folders, GGUF, the hub, tokenwise checkpoints), export to Hugging Face, and
 KV-cached batched generation.
 """
+import copy
 import json
 import math
 import os
@@ -70,9 +71,10 @@ def rotate_half(x):
 
 
 class KVCache:
-    """Preallocated keys/values of one layer. Shapes never change, so a compiled decode step can be replayed as a CUDA
-    graph: each call writes at cache slots `slots` (the same for every row) and attention sees the whole cache, the
-    mask hiding padding and slots not yet written."""
+    """Preallocated keys/values of one layer. Each call writes at cache slots `slots` (the same for every row), and
+    attention reads as many slots as the mask covers, the mask hiding padding and slots not yet written. A compiled
+    decode step passes a mask over the whole cache, so that its shapes never change and it can be replayed as a
+    CUDA graph."""
 
     def __init__(self, batch, n_kv_head, length, head_dim, device, dtype):
         self.k = torch.zeros(batch, n_kv_head, length, head_dim, device=device, dtype=dtype)
@@ -83,8 +85,15 @@ class KVCache:
         self.v.index_copy_(2, slots, v)
         return self.k, self.v
 
+    def select(self, rows):
+        """A copy that holds only these batch rows."""
+        kept = copy.copy(self)
+        kept.k, kept.v = self.k[rows], self.v[rows]
+        return kept
+
 
 FOLD_MAX_T = 512  # the longest sequence whose attention folds query heads on the CPU (Attention.forward)
+PREFILL_CHUNK = 256  # prompt tokens per prefill pass in generate()
 
 
 class Attention(nn.Module):
@@ -113,6 +122,7 @@ class Attention(nn.Module):
         if cache is not None:
             kv, slots = cache
             k, v = kv.update(slots, k, v)
+            k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]  # a prefill chunk skips the slots after it
         group = cfg.n_head // cfg.n_kv_head
         if group > 1 and (cache is not None and T == 1 or x.device.type == "cpu" and T <= FOLD_MAX_T):
             # The query heads that share a kv head become the rows of one query block (the same keys; each head's
@@ -177,6 +187,7 @@ class Transformer(nn.Module):
             self.register_buffer("rope_cos", freqs.cos().float(), persistent=False)
             self.register_buffer("rope_sin", freqs.sin().float(), persistent=False)
         self.caches = None  # setup_caches() keeps fixed-size KV caches here for generate()
+        self.compiled_step = None  # and, on CUDA, the decode step compiled for them
         self.apply(self._init_weights)
 
     @staticmethod
@@ -209,12 +220,13 @@ class Transformer(nn.Module):
 
     def setup_caches(self, batch, length):
         """Keep KV caches for up to `batch` rows of `length` tokens and use them in every generate() call that fits
-        (gpt-fast's setup_caches). Fixed shapes at fixed addresses let the decode step be compiled once and, on CUDA,
-        replayed as one recorded CUDA graph; smaller batches are padded to `batch` rows."""
+        (gpt-fast's setup_caches). On CUDA, fixed shapes at fixed addresses let the decode step be compiled once and
+        replayed as one recorded CUDA graph; smaller batches are padded to `batch` rows. Elsewhere they only save
+        allocating caches per call."""
         dev, dtype = self.tok_emb.weight.device, self.tok_emb.weight.dtype
         cfg = self.config
         self.caches = [KVCache(batch, cfg.n_kv_head, length, cfg.head_dim, dev, dtype) for _ in range(cfg.n_layer)]
-        self.compiled_step = self.decode_step
+        self.compiled_step = None
         if dev.type == "cuda":  # one token per row is launch-bound: replay the whole step as a CUDA graph
             for c in self.caches:  # the graph writes in place at these addresses, as into parameters
                 torch._dynamo.mark_static_address(c.k), torch._dynamo.mark_static_address(c.v)
@@ -223,8 +235,9 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_id=None, stop=None, seed=None):
         """Batched generation with a KV cache. Prompts are left-padded; each row keeps its own positions and
-        ignores its padding. Returns the new tokens of each row, without EOS. `stop(new_tokens)` ends a row.
-        Uses the caches of setup_caches() when they fit, else allocates caches of exactly this size."""
+        ignores its padding. Returns the new tokens of each row, without EOS. `stop(new_tokens)` ends a row, and an
+        ended row leaves the batch (except under a compiled step's fixed shapes). Uses the caches of setup_caches()
+        when they fit, else allocates caches of exactly this size."""
         cfg, weight = self.config, self.tok_emb.weight
         device, n, P = weight.device, len(prompts), max(len(p) for p in prompts)
         L = P + max_new_tokens
@@ -235,32 +248,39 @@ class Transformer(nn.Module):
             raise ValueError(f"the kept KV caches are {kept[0].k.dtype} on {kept[0].k.device}, the model "
                              f"{weight.dtype} on {weight.device}: call setup_caches again after moving or casting it")
         if kept and n <= kept[0].k.shape[0] and L <= kept[0].k.shape[2]:
-            caches, step = kept, self.compiled_step
+            caches, step = kept, self.compiled_step or self.decode_step
             B, L = kept[0].k.shape[0], kept[0].k.shape[2]
             prompts = list(prompts) + [[0]] * (B - n)  # filler rows of one token keep the shapes; never returned
         else:
             B, step = n, self.decode_step
             caches = [KVCache(B, cfg.n_kv_head, L, cfg.head_dim, device, weight.dtype) for _ in range(cfg.n_layer)]
+        fixed = step is self.compiled_step  # a compiled step replays one set of shapes: the whole cache, all B rows
         idx = torch.zeros(B, P, dtype=torch.long, device=device)
         real = torch.zeros(B, L, dtype=torch.bool, device=device)  # which cache slots hold real tokens
         for i, p in enumerate(prompts):
             idx[i, P - len(p):] = torch.tensor(p, device=device)
             real[i, P - len(p):P] = True
         pos = (real[:, :P].cumsum(1) - 1).clamp(min=0)
-        # Prefill: query i sees real keys 0..i; padding slots attend to themselves so they stay finite (0 · NaN would
-        # poison the real rows); slots P.. are not written yet (in kept caches they hold an earlier call's values).
-        causal = torch.ones(P, L, dtype=torch.bool, device=device).tril()
-        mask = (causal & real[:, None, None, :]) | torch.eye(P, L, dtype=torch.bool, device=device)
+        # Query i sees real keys 0..i; padding slots attend to themselves so they stay finite (0 · NaN would poison
+        # the real rows).
+        mask = (torch.ones(P, P, dtype=torch.bool, device=device).tril() & real[:, None, None, :P]) | \
+            torch.eye(P, dtype=torch.bool, device=device)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         with packed_weights(self, B):  # decoding's few rows: weights in oneDNN's layout on an x86 CPU (cpu.py)
+            # Prefill in chunks, each attending to the slots up to its own end only: padding needs an explicit mask,
+            # and under one the attention kernels compute the whole P x P square, masked upper half and all.
+            for s in range(0, P, PREFILL_CHUNK):
+                e = min(s + PREFILL_CHUNK, P)
+                hidden = self(idx[:, s:e], pos[:, s:e], mask[:, :, s:e, :e], caches, torch.arange(s, e, device=device),
+                              return_hidden=True)
             # the vocabulary head only where the next token is read: the whole prompt's logits would cost P times more
-            hidden = self(idx, pos, mask, caches, torch.arange(P, device=device), return_hidden=True)
             logits = self.lm_head(hidden[:, -1])
             out, done = [[] for _ in range(n)], [False] * n
+            live = list(range(B))  # the prompt of each batch row still decoding (filler rows are >= n)
             for t in range(max_new_tokens):
                 nxt = sample(logits.float(), temperature, top_p, gen)
-                for i, tok in enumerate(nxt[:n].tolist()):
-                    if done[i]:
+                for i, tok in zip(live, nxt.tolist()):
+                    if i >= n or done[i]:
                         continue
                     if tok == eos_id:
                         done[i] = True
@@ -269,9 +289,17 @@ class Transformer(nn.Module):
                     done[i] = stop is not None and stop(out[i])
                 if all(done) or t == max_new_tokens - 1:
                     break
+                if not fixed and any(i >= n or done[i] for i in live):
+                    # Finished rows leave the batch: a decode step reads every row's cache, which at a few-shot
+                    # prompt's length costs as much as reading the weights.
+                    rows = [r for r, i in enumerate(live) if i < n and not done[i]]
+                    live = [live[r] for r in rows]
+                    rows = torch.tensor(rows, device=device)
+                    nxt, pos, real, caches = nxt[rows], pos[rows], real[rows], [c.select(rows) for c in caches]
                 real[:, P + t] = True
                 pos = pos[:, -1:] + 1
-                logits = step(nxt[:, None], pos, torch.tensor([P + t], device=device), real[:, None, None, :], caches)
+                seen = real[:, None, None, :] if fixed else real[:, None, None, :P + t + 1]  # the slots written so far
+                logits = step(nxt[:, None], pos, torch.tensor([P + t], device=device), seen, caches)
         return out
 
     def decode_step(self, idx, pos, slots, mask, caches):

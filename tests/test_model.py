@@ -84,18 +84,39 @@ def test_unpermute_inverts_llama_cpp_permutation():
     assert torch.equal(M.unpermute(permuted, n_head), w)
 
 
+def uncached_greedy(model, prompt, n):
+    """n greedy tokens by a full forward pass per token: no cache, no padding, no batch."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
+    return seq[len(prompt):]
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
     # Left-padded batch of different lengths through the static cache vs a full forward per token, row by row.
     model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
     prompts = [[5, 17, 300, 42, 7], [9], [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]]
-    cached = model.generate(prompts, 20)
-    for prompt, row in zip(prompts, cached):
-        seq = list(prompt)
-        with torch.no_grad():
-            for _ in range(20):
-                seq.append(model(torch.tensor([seq]))[0, -1].argmax().item())
-        assert row == seq[len(prompt):]
+    assert model.generate(prompts, 20) == [uncached_greedy(model, p, 20) for p in prompts]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_chunked_prefill_and_rows_leaving_the_batch_keep_the_tokens(tiny_checkpoint, kind, monkeypatch):
+    # Prompts over several prefill chunks, and rows that end (EOS) at different steps and leave the batch: each row
+    # is still its own uncached greedy continuation, and the decode steps really run on fewer rows.
+    monkeypatch.setattr(M, "PREFILL_CHUNK", 4)
+    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    prompts = [[5, 17, 300, 42, 7], [9], [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], [8, 8, 2, 400, 31, 6, 77, 1, 250]]
+    free = [uncached_greedy(model, p, 24) for p in prompts]
+    # an EOS that ends some rows early while others run to the end
+    eos = next(t for t in sorted({t for row in free for t in row}) if sum(t in row for row in free) in (1, 2))
+    expected = [row[:row.index(eos)] if eos in row else row for row in free]
+    assert {len(row) for row in expected} & {24} and min(map(len, expected)) < 24
+    rows_per_step, decode_step = [], model.decode_step
+    monkeypatch.setattr(model, "decode_step", lambda idx, *a: rows_per_step.append(len(idx)) or decode_step(idx, *a))
+    assert model.generate(prompts, 24, eos_id=eos) == expected
+    assert rows_per_step[0] == len(prompts) and rows_per_step[-1] < len(prompts)
 
 
 def test_folded_attention_equals_plain_gqa_with_gradients(tiny_checkpoint, monkeypatch):
@@ -162,6 +183,11 @@ def test_kept_caches_give_the_same_tokens(tiny_checkpoint, kind):
     fresh = [model.generate(first, 12), model.generate(second, 9), model.generate(long, 20)]
     model.setup_caches(batch=4, length=40)
     assert [model.generate(first, 12), model.generate(second, 9), model.generate(long, 20)] == fresh
+    # As CUDA replays its compiled step: every decode step on all 4 rows (fillers too) and the whole cache.
+    rows_per_step = []
+    model.compiled_step = lambda idx, *a: rows_per_step.append(len(idx)) or model.decode_step(idx, *a)
+    assert [model.generate(first, 12), model.generate(second, 9), model.generate(long, 20)] == fresh
+    assert set(rows_per_step) == {4}
 
 
 def test_kept_caches_of_another_dtype_are_one_clear_error(tiny_checkpoint):
