@@ -85,15 +85,19 @@ class KVCache:
         self.v.index_copy_(2, slots, v)
         return self.k, self.v
 
-    def select(self, rows):
-        """A copy that holds only these batch rows."""
-        kept = copy.copy(self)
-        kept.k, kept.v = self.k[rows], self.v[rows]
-        return kept
+    def view(self, rows):
+        """This cache restricted to the batch rows of the slice `rows`: a view, so that writes reach this cache."""
+        part = copy.copy(self)
+        part.k, part.v = self.k[rows], self.v[rows]
+        return part
+
+    def move(self, src, dst):
+        """Copy batch rows `src` over rows `dst` (index lists)."""
+        self.k[dst], self.v[dst] = self.k[src], self.v[src]
 
 
 FOLD_MAX_T = 512  # the longest sequence whose attention folds query heads on the CPU (Attention.forward)
-PREFILL_CHUNK = 256  # prompt tokens per prefill pass in generate()
+PREFILL_CHUNK, PREFILL_ROWS = 256, 8  # prompt tokens and batch rows per prefill pass in generate()
 
 
 class Attention(nn.Module):
@@ -261,20 +265,9 @@ class Transformer(nn.Module):
             idx[i, P - len(p):] = torch.tensor(p, device=device)
             real[i, P - len(p):P] = True
         pos = (real[:, :P].cumsum(1) - 1).clamp(min=0)
-        # Query i sees real keys 0..i; padding slots attend to themselves so they stay finite (0 · NaN would poison
-        # the real rows).
-        mask = (torch.ones(P, P, dtype=torch.bool, device=device).tril() & real[:, None, None, :P]) | \
-            torch.eye(P, dtype=torch.bool, device=device)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         with packed_weights(self, B):  # decoding's few rows: weights in oneDNN's layout on an x86 CPU (cpu.py)
-            # Prefill in chunks, each attending to the slots up to its own end only: padding needs an explicit mask,
-            # and under one the attention kernels compute the whole P x P square, masked upper half and all.
-            for s in range(0, P, PREFILL_CHUNK):
-                e = min(s + PREFILL_CHUNK, P)
-                hidden = self(idx[:, s:e], pos[:, s:e], mask[:, :, s:e, :e], caches, torch.arange(s, e, device=device),
-                              return_hidden=True)
-            # the vocabulary head only where the next token is read: the whole prompt's logits would cost P times more
-            logits = self.lm_head(hidden[:, -1])
+            logits = self.prefill(idx, pos, real[:, :P], caches)
             out, done = [[] for _ in range(n)], [False] * n
             live = list(range(B))  # the prompt of each batch row still decoding (filler rows are >= n)
             for t in range(max_new_tokens):
@@ -291,16 +284,47 @@ class Transformer(nn.Module):
                     break
                 if not fixed and any(i >= n or done[i] for i in live):
                     # Finished rows leave the batch: a decode step reads every row's cache, which at a few-shot
-                    # prompt's length costs as much as reading the weights.
-                    rows = [r for r, i in enumerate(live) if i < n and not done[i]]
-                    live = [live[r] for r in rows]
-                    rows = torch.tensor(rows, device=device)
-                    nxt, pos, real, caches = nxt[rows], pos[rows], real[rows], [c.select(rows) for c in caches]
+                    # prompt's length costs as much as reading the weights. The rows still decoding become the
+                    # first m, and only those beyond m are copied, into the places of rows that left.
+                    stay = [r for r, i in enumerate(live) if i < n and not done[i]]
+                    m = len(stay)
+                    order, holes = list(range(m)), [r for r in range(m) if r not in stay]
+                    movers = [r for r in stay if r >= m]
+                    for hole, r in zip(holes, movers):
+                        order[hole] = r
+                    for c in caches:
+                        c.move(movers, holes)
+                    caches, live = [c.view(slice(0, m)) for c in caches], [live[r] for r in order]
+                    order = torch.tensor(order, device=device)
+                    nxt, pos, real = nxt[order], pos[order], real[order]
                 real[:, P + t] = True
                 pos = pos[:, -1:] + 1
                 seen = real[:, None, None, :] if fixed else real[:, None, None, :P + t + 1]  # the slots written so far
                 logits = step(nxt[:, None], pos, torch.tensor([P + t], device=device), seen, caches)
         return out
+
+    def prefill(self, idx, pos, real, caches):
+        """The left-padded prompts idx (B, P), real (B, P) marking their tokens, into the caches -> each row's
+        next-token logits (B, vocab). Rows go in groups of PREFILL_ROWS, each from its own longest prompt on (the
+        slots before stay unwritten and masked), and in chunks of PREFILL_CHUNK tokens, each attending to the slots
+        up to its own end only: under the padding mask the attention kernels would compute the whole P x P square,
+        masked upper half and all."""
+        B, P = idx.shape
+        # Query i sees real keys 0..i; padding slots attend to themselves so they stay finite (0 · NaN would poison
+        # the real rows).
+        mask = (torch.ones(P, P, dtype=torch.bool, device=idx.device).tril() & real[:, None, None, :]) | \
+            torch.eye(P, dtype=torch.bool, device=idx.device)
+        last = []
+        for first in range(0, B, PREFILL_ROWS):
+            rows = slice(first, first + PREFILL_ROWS)
+            group = [c.view(rows) for c in caches]
+            for s in range(P - int(real[rows].sum(1).max()), P, PREFILL_CHUNK):
+                e = min(s + PREFILL_CHUNK, P)
+                hidden = self(idx[rows, s:e], pos[rows, s:e], mask[rows, :, s:e, :e], group,
+                              torch.arange(s, e, device=idx.device), return_hidden=True)
+            last.append(hidden[:, -1])
+        # the vocabulary head only where the next token is read: the whole prompt's logits would cost P times more
+        return self.lm_head(torch.cat(last))
 
     def decode_step(self, idx, pos, slots, mask, caches):
         """One new token per row (B, 1) at cache slot `slots` (1,) -> next-token logits (B, vocab). Fixed shapes."""

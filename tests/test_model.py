@@ -102,49 +102,25 @@ def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_chunked_prefill_and_rows_leaving_the_batch_keep_the_tokens(tiny_checkpoint, kind, monkeypatch):
-    # Prompts over several prefill chunks, and rows that end (EOS) at different steps and leave the batch: each row
-    # is still its own uncached greedy continuation, and the decode steps really run on fewer rows.
+def test_prefill_groups_chunks_and_rows_leaving_the_batch_keep_the_tokens(tiny_checkpoint, kind, monkeypatch):
+    # Prefill in groups of 2 rows, each padded to its own longest prompt, and in chunks of 4 tokens; rows that stop
+    # at different steps leave the batch, the last row moving into the first one's place: each row is still
+    # its own uncached greedy continuation, and the decode steps really run on fewer rows.
     monkeypatch.setattr(M, "PREFILL_CHUNK", 4)
+    monkeypatch.setattr(M, "PREFILL_ROWS", 2)
     model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
     prompts = [[5, 17, 300, 42, 7], [9], [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], [8, 8, 2, 400, 31, 6, 77, 1, 250]]
     free = [uncached_greedy(model, p, 24) for p in prompts]
-    # an EOS that ends some rows early while others run to the end
-    eos = next(t for t in sorted({t for row in free for t in row}) if sum(t in row for row in free) in (1, 2))
-    expected = [row[:row.index(eos)] if eos in row else row for row in free]
-    assert {len(row) for row in expected} & {24} and min(map(len, expected)) < 24
-    rows_per_step, decode_step = [], model.decode_step
+    # a stop callback that ends row 0 after 3 tokens and row 2 after 10 (each row known by its first two tokens)
+    limit = {tuple(free[0][:2]): 3, tuple(free[2][:2]): 10}
+    assert len({tuple(row[:2]) for row in free}) == len(free)
+    ends = [limit.get(tuple(row[:2]), 24) for row in free]
+    rows_per_step, decode_step, moved, move = [], model.decode_step, [], M.KVCache.move
     monkeypatch.setattr(model, "decode_step", lambda idx, *a: rows_per_step.append(len(idx)) or decode_step(idx, *a))
-    assert model.generate(prompts, 24, eos_id=eos) == expected
-    assert rows_per_step[0] == len(prompts) and rows_per_step[-1] < len(prompts)
-
-
-def test_folded_attention_equals_plain_gqa_with_gradients(tiny_checkpoint, monkeypatch):
-    # On the CPU, sequences of up to FOLD_MAX_T tokens fold each kv head's query heads into one query block; plain
-    # GQA (FOLD_MAX_T = 0) must give the same logits and gradients, causal and under generate's padding mask.
-    model, _ = M.load_checkpoint(tiny_checkpoint("llama")[0])
-    assert model.config.n_head > model.config.n_kv_head
-    idx = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
-    real = torch.ones(2, 12, dtype=torch.bool)
-    real[1, :5] = False  # row 1 left-padded, as generate pads its prompts
-    padded = (torch.ones(12, 12, dtype=torch.bool).tril() & real[:, None, None, :]) | torch.eye(12, dtype=torch.bool)
-    pos = (real.cumsum(1) - 1).clamp(min=0)
-
-    def run():
-        model.zero_grad()
-        causal = model(idx)
-        causal.square().mean().backward()
-        with torch.no_grad():
-            masked = model(idx, pos, padded)
-        return causal.detach(), masked, [p.grad.clone() for p in model.parameters()]
-
-    folded = run()
-    monkeypatch.setattr(M, "FOLD_MAX_T", 0)
-    plain = run()
-    torch.testing.assert_close(folded[0], plain[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(folded[1], plain[1], rtol=1e-5, atol=1e-5)
-    for a, b in zip(folded[2], plain[2]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    monkeypatch.setattr(M.KVCache, "move", lambda self, src, dst: moved.append(len(src)) or move(self, src, dst))
+    got = model.generate(prompts, 24, stop=lambda toks: len(toks) == limit.get(tuple(toks[:2])))
+    assert got == [row[:end] for row, end in zip(free, ends)]
+    assert rows_per_step[0] == len(prompts) and rows_per_step[-1] < len(prompts) and max(moved) > 0
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
