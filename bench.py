@@ -148,7 +148,7 @@ def bench_rules(args):
 def load_pair(args):
     """tokenwise's model and transformers' on the same weights: ours loaded, exported, read back by transformers."""
     from transformers import AutoModelForCausalLM
-    from model import export_hf, load_checkpoint
+    from checkpoints import export_hf, load_checkpoint
     ours, tok = load_checkpoint(args.model, args.device)
     with tempfile.TemporaryDirectory() as d:
         export_hf(ours, tok, d)
@@ -169,7 +169,7 @@ def trl_trainer(args, ours, tok, x, dname, out_dir, steps, before_step, timed):
     from datasets import Dataset, disable_progress_bars
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
-    from model import export_hf
+    from checkpoints import export_hf
 
     class Rounds(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -444,7 +444,7 @@ def main():
     ap.add_argument('--vocab', type=int, default=49152)
     ap.add_argument('--chunk', type=int, default=2048, help='positions per chunk of weighted_loss')
     ap.add_argument('--supervised', type=float, default=1.0, help='fraction of supervised positions')
-    ap.add_argument('--model', default='smollm2-gguf', help='train/generate: any model.load_checkpoint path')
+    ap.add_argument('--model', default='smollm2-gguf', help='train/generate: any checkpoints.load_checkpoint path')
     ap.add_argument('--compile', action=argparse.BooleanOptionalAction, help='torch.compile tokenwise in train '
                     '(default: on CUDA, as train.py does)')
     ap.add_argument('--train_batch', type=int, default=4)

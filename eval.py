@@ -50,7 +50,7 @@ import torch.nn.functional as F
 import sandbox
 from data.prepare import gsm8k
 from cpu import keep_freed_memory
-from model import load_checkpoint, package_file
+from checkpoints import load_checkpoint, package_file
 
 TASKS = ("gsm8k", "gsm8k_nll", "gsm8k_classes", "gsm8k_mc", "humaneval", "ppl", "kl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

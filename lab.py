@@ -57,7 +57,8 @@ import torch.nn.functional as F
 import train
 import weights
 from data.prepare import prepare
-from model import Config, Transformer, load_checkpoint, read_run_checkpoint
+from checkpoints import load_checkpoint, read_run_checkpoint
+from model import Config, Transformer
 from report import mean_ci
 from reproduce import VARIANTS  # name -> train.py overrides: the real-model reproduction's 7 variants
 from tokenizer import Tokenizer

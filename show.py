@@ -20,7 +20,7 @@ import torch
 import weights
 from data.prepare import gsm8k
 from eval import CLASSES, gsm8k_prompt, token_classes
-from model import load_checkpoint
+from checkpoints import load_checkpoint
 
 # (name, rule, hyperparameters): every rule at weights.DEFAULTS, PriFT in both modes
 SHOWN = [("sft", "sft", {}), ("dft", "dft", {}), ("infosft", "infosft", {}), ("profit", "profit", {}),

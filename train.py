@@ -8,7 +8,7 @@ $ torchrun --standalone --nproc_per_node=8 train.py --init_from=meta-llama/Llama
 Read the config, then main(): setup in a dozen lines, then the training loop. Every optimizer step's loss is
 sum_t w_t * CE_t * m_t / (supervised tokens of the whole step, all micro-batches and all ranks); METHODS.md says
 how each official code normalises instead. Writes out_dir/ckpt.pt (+ tokenizer files, config.json) that
-model.load_checkpoint and eval.py read, and out_dir/log.jsonl with one line per step.
+checkpoints.load_checkpoint and eval.py read, and out_dir/log.jsonl with one line per step.
 """
 import ast
 import dataclasses
@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import cpu
 import weights
 from data.loader import Batches, load_split, make_batch, plan_batches, prior_cache
-from model import load_checkpoint, read_run_checkpoint
+from checkpoints import load_checkpoint, read_run_checkpoint
 
 # -----------------------------------------------------------------------------
 # Config: these defaults, then config files (python assignments), then --key=value, in order. main() sets the
@@ -478,7 +478,7 @@ def atomic_save(obj, path):
 
 
 def start_log(proc, step, tokenizer, header):
-    """out_dir with the tokenizer files (with ckpt.pt it is a checkpoint model.load_checkpoint reads) and a log.jsonl
+    """out_dir with the tokenizer files (with ckpt.pt it is a checkpoint checkpoints.load_checkpoint reads) and a log.jsonl
     that holds what was logged up to the step this run starts from; the run's header line on the console."""
     if not proc.master:
         return

@@ -7,7 +7,7 @@
 # counts them) are 60M tokens = 5,000 s. Preparing the data tokenizes all 860k train records first (minutes).
 # Evaluate: python eval.py --model=out-dft-qwen25math --base=Qwen/Qwen2.5-Math-1.5B --tasks=gsm8k,ppl
 #   the paper's own measure (5 math benchmarks, Avg@16, Qwen2.5-Math's evaluation, prompt type qwen-boxed) runs on an
-#   HF export: python -c "import model; model.export_hf(*model.load_checkpoint('out-dft-qwen25math'), 'hf-dft')"
+#   HF export: python -c "import checkpoints as c; c.export_hf(*c.load_checkpoint('out-dft-qwen25math'), 'hf-dft')"
 #   then, in QwenLM/Qwen2.5-Math's evaluation folder: bash sh/eval.sh qwen-boxed hf-dft out-eval 16 1
 # Not matched here:
 # - verl trains pure bf16 weights (fsdp_config.model_dtype=bf16); tokenwise keeps float32 master weights and AdamW

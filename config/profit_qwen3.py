@@ -9,7 +9,7 @@
 # (assumed; meta.json counts them) are 1.4M tokens = 45 s.
 # Evaluate: python eval.py --model=out-profit-qwen3 --base=Qwen/Qwen3-0.6B-Base --tasks=gsm8k,ppl
 #   (the paper's five benchmarks, GPQA-D, GSM8K, MATH-500, AIME24 and IFEval, run in OpenCompass on an HF export:
-#   python -c "import model; model.export_hf(*model.load_checkpoint('out-profit-qwen3'), 'hf-profit')")
+#   python -c "import checkpoints as c; c.export_hf(*c.load_checkpoint('out-profit-qwen3'), 'hf-profit')")
 # Not matched here:
 # - LLaMA-Factory loads the model in bf16 (--bf16 true), so without DeepSpeed its weights and AdamW state are bf16;
 #   tokenwise keeps float32 weights and optimizer state and autocasts to bf16.

@@ -432,7 +432,7 @@ def main(argv=None):
     ap.add_argument("--pair_chat", action="store_true", help="render prompt/response pairs as a one-turn chat")
     ap.add_argument("--system_prompt", default="", help="with --pair_chat: a system message first")
     a = ap.parse_args(argv)
-    from model import resolve_checkpoint  # aliases ('smollm2-gguf') and hub names -> a local path
+    from checkpoints import resolve_checkpoint  # aliases ('smollm2-gguf') and hub names -> a local path
     prepare(a.dataset, load_tokenizer(resolve_checkpoint(a.init_from)), a.out_dir, a.block_size, a.prompt_field,
             a.response_field, a.messages_field, a.prompt_template, a.response_template, a.chat_template, a.pair_chat,
             a.system_prompt)

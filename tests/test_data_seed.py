@@ -18,7 +18,7 @@ def drawn(monkeypatch, folder, data_dir, **keys):
 
 
 def test_data_seed_draws_a_seeded_subset(tiny_checkpoint, tmp_path, monkeypatch):
-    from model import load_checkpoint
+    from checkpoints import load_checkpoint
     folder = tiny_checkpoint("llama")[0]
     data_dir = write_prepared(str(tmp_path / "data"), load_checkpoint(folder)[1], PAIRS)
     assert drawn(monkeypatch, folder, data_dir, max_examples=3) == [0, 1, 2]  # data_seed=0: the first N

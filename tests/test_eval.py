@@ -109,7 +109,7 @@ def test_windows_score_each_target_once_with_context(n, window, stride):
 
 @pytest.fixture
 def tiny(tiny_checkpoint):
-    from model import load_checkpoint
+    from checkpoints import load_checkpoint
     folder, _ = tiny_checkpoint("llama")
     model, tok = load_checkpoint(folder)
     return folder, model, tok

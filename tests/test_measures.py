@@ -60,7 +60,7 @@ def test_token_classes_by_hand(gpt2_tok):
 
 
 def test_classes_split_the_answer_nll(tiny_checkpoint, monkeypatch):
-    from model import load_checkpoint
+    from checkpoints import load_checkpoint
     model, tok = load_checkpoint(tiny_checkpoint("llama")[0])
     monkeypatch.setattr(E, "gsm8k", lambda split: RECORDS)
     args = SimpleNamespace(limit=None, split="test", batch_size=2)
@@ -139,7 +139,7 @@ def test_mc_copies_differ_from_the_gold_only_in_one_result_and_its_echo():
 
 
 def test_choice_logliks_equal_one_pass_per_choice(tiny_checkpoint):
-    from model import load_checkpoint
+    from checkpoints import load_checkpoint
     model, _ = load_checkpoint(tiny_checkpoint("llama")[0])
     g = torch.Generator().manual_seed(0)
     context = torch.randint(0, 50257, (17,), generator=g).tolist()
@@ -152,7 +152,7 @@ def test_choice_logliks_equal_one_pass_per_choice(tiny_checkpoint):
 
 
 def test_mc_accuracy_and_acc_norm_per_character(tiny_checkpoint, monkeypatch):
-    from model import load_checkpoint
+    from checkpoints import load_checkpoint
     model, tok = load_checkpoint(tiny_checkpoint("llama")[0])
     monkeypatch.setattr(E, "gsm8k", lambda split: RECORDS)
     samples = []
@@ -178,7 +178,7 @@ def test_wilson_interval_by_hand():
 # --- forgetting as KL(base || model)
 
 def test_kl_against_a_direct_computation(tiny_checkpoint):
-    from model import load_checkpoint
+    from checkpoints import load_checkpoint
     model, tok = load_checkpoint(tiny_checkpoint("llama")[0])
     base, _ = load_checkpoint(tiny_checkpoint("llama", seed=1, num_hidden_layers=1)[0])
     ids = tok.encode("The quick brown fox jumps over the lazy dog. " * 5)

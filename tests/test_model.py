@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoints as C
 import model as M
-from model import package_file
+from checkpoints import package_file
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16}
@@ -35,7 +36,7 @@ def max_logit_diff(ours, ref, idx):
 def test_logit_parity_with_transformers(tiny_checkpoint, case):
     kind, overrides = CASES[case]
     folder, ref = tiny_checkpoint(kind, **overrides)
-    ours, _ = M.load_checkpoint(folder)
+    ours, _ = C.load_checkpoint(folder)
     assert ours.config.tie_embeddings == ref.config.tie_word_embeddings
     idx = torch.randint(0, ref.config.vocab_size, (2, 100), generator=torch.Generator().manual_seed(0))
     assert max_logit_diff(ours, ref, idx) <= 1e-4
@@ -47,7 +48,7 @@ def test_logit_parity_with_transformers(tiny_checkpoint, case):
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
-    return M.load_checkpoint(smollm2_gguf)
+    return C.load_checkpoint(smollm2_gguf)
 
 
 def test_gguf_matches_transformers_gguf_loader(smollm2, smollm2_gguf):
@@ -81,7 +82,7 @@ def test_unpermute_inverts_llama_cpp_permutation():
     n_head, w = 3, torch.arange(6 * 4 * 5).reshape(24, 5).float()
     # llama.cpp's convert script: reshape(n_head, 2, rows // n_head // 2, ...).swapaxes(1, 2)
     permuted = w.reshape(n_head, 2, 4, 5).transpose(1, 2).reshape(24, 5)
-    assert torch.equal(M.unpermute(permuted, n_head), w)
+    assert torch.equal(C.unpermute(permuted, n_head), w)
 
 
 def uncached_greedy(model, prompt, n):
@@ -96,7 +97,7 @@ def uncached_greedy(model, prompt, n):
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 def test_cached_generation_equals_uncached_greedy(tiny_checkpoint, kind):
     # Left-padded batch of different lengths through the static cache vs a full forward per token, row by row.
-    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    model, _ = C.load_checkpoint(tiny_checkpoint(kind)[0])
     prompts = [[5, 17, 300, 42, 7], [9], [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]]
     assert model.generate(prompts, 20) == [uncached_greedy(model, p, 20) for p in prompts]
 
@@ -108,7 +109,7 @@ def test_prefill_groups_chunks_and_rows_leaving_the_batch_keep_the_tokens(tiny_c
     # its own uncached greedy continuation, and the decode steps really run on fewer rows.
     monkeypatch.setattr(M, "PREFILL_CHUNK", 4)
     monkeypatch.setattr(M, "PREFILL_ROWS", 2)
-    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    model, _ = C.load_checkpoint(tiny_checkpoint(kind)[0])
     prompts = [[5, 17, 300, 42, 7], [9], [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], [8, 8, 2, 400, 31, 6, 77, 1, 250]]
     free = [uncached_greedy(model, p, 24) for p in prompts]
     # a stop callback that ends row 0 after 3 tokens and row 2 after 10 (each row known by its first two tokens)
@@ -127,7 +128,7 @@ def test_prefill_groups_chunks_and_rows_leaving_the_batch_keep_the_tokens(tiny_c
 def test_decode_step_logits_equal_the_full_forward(tiny_checkpoint, kind, monkeypatch):
     # Decoding folds each kv head's group of query heads into one query block; plain GQA must give the same logits.
     monkeypatch.setattr(M, "FOLD_MAX_T", 0)  # the full forward: plain GQA
-    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    model, _ = C.load_checkpoint(tiny_checkpoint(kind)[0])
     cfg, ids = model.config, torch.tensor([[5, 17, 300, 42, 7, 9]])
     assert cfg.n_head > cfg.n_kv_head  # the folded path runs
     L = ids.shape[1]
@@ -142,7 +143,7 @@ def test_decode_step_logits_equal_the_full_forward(tiny_checkpoint, kind, monkey
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen3"])
 def test_padded_batch_equals_each_row_alone(tiny_checkpoint, kind):
-    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    model, _ = C.load_checkpoint(tiny_checkpoint(kind)[0])
     prompts = [[1, 2, 3], [9, 8, 7, 6, 5, 4, 3, 2], [100]]
     batched = model.generate(prompts, 12)
     assert batched == [model.generate([p], 12)[0] for p in prompts]
@@ -153,7 +154,7 @@ def test_padded_batch_equals_each_row_alone(tiny_checkpoint, kind):
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_kept_caches_give_the_same_tokens(tiny_checkpoint, kind):
     # setup_caches: larger caches than needed, fewer rows than the cache holds, stale slots from an earlier call.
-    model, _ = M.load_checkpoint(tiny_checkpoint(kind)[0])
+    model, _ = C.load_checkpoint(tiny_checkpoint(kind)[0])
     first, second = [[1, 2, 3], [9, 8, 7, 6, 5, 4, 3, 2], [100]], [[7, 7], [4, 5, 6, 7, 8]]
     long = [list(range(1, 30))]  # 29 + 20 tokens do not fit the kept caches: generate allocates its own
     fresh = [model.generate(first, 12), model.generate(second, 9), model.generate(long, 20)]
@@ -167,7 +168,7 @@ def test_kept_caches_give_the_same_tokens(tiny_checkpoint, kind):
 
 
 def test_kept_caches_of_another_dtype_are_one_clear_error(tiny_checkpoint):
-    model, _ = M.load_checkpoint(tiny_checkpoint("llama")[0])
+    model, _ = C.load_checkpoint(tiny_checkpoint("llama")[0])
     model.setup_caches(batch=2, length=20)
     model.to(torch.bfloat16)
     with pytest.raises(ValueError, match="call setup_caches again"):
@@ -177,7 +178,7 @@ def test_kept_caches_of_another_dtype_are_one_clear_error(tiny_checkpoint):
 
 
 def test_generation_stops_on_eos_and_stop_callback(tiny_checkpoint):
-    model, _ = M.load_checkpoint(tiny_checkpoint("llama")[0])
+    model, _ = C.load_checkpoint(tiny_checkpoint("llama")[0])
     free = model.generate([[1, 2, 3]], 10)[0]
     assert model.generate([[1, 2, 3]], 10, eos_id=free[3])[0] == free[:free.index(free[3])]
     assert model.generate([[1, 2, 3]], 10, stop=lambda toks: len(toks) == 4)[0] == free[:4]
@@ -195,11 +196,11 @@ def test_top_p_keeps_only_the_nucleus():
 def test_export_round_trip_through_transformers(tiny_checkpoint, tmp_path, case):
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
     kind, overrides = CASES[case]
-    ours, tok = M.load_checkpoint(tiny_checkpoint(kind, **overrides)[0])
+    ours, tok = C.load_checkpoint(tiny_checkpoint(kind, **overrides)[0])
     with torch.no_grad():  # as after fine-tuning: weights differ from the source checkpoint
         for p in ours.parameters():
             p.add_(0.01)
-    M.export_hf(ours, tok, tmp_path / "export")
+    C.export_hf(ours, tok, tmp_path / "export")
     ref = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     idx = torch.randint(0, tok.n_vocab, (2, 50))
     assert max_logit_diff(ours, ref, idx) <= 1e-4
@@ -208,7 +209,7 @@ def test_export_round_trip_through_transformers(tiny_checkpoint, tmp_path, case)
     tokenizer_class = PreTrainedTokenizerFast if kind.startswith("qwen") else AutoTokenizer
     text = "Hello world, 1234 tokens!"
     assert tokenizer_class.from_pretrained(tmp_path / "export")(text)["input_ids"] == tok.encode(text)
-    again, _ = M.load_checkpoint(str(tmp_path / "export"))
+    again, _ = C.load_checkpoint(str(tmp_path / "export"))
     with torch.no_grad():
         assert torch.equal(again(idx), ours(idx))
 
@@ -218,12 +219,12 @@ def test_export_round_trip_through_transformers(tiny_checkpoint, tmp_path, case)
 
 def test_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        M.load_checkpoint(str(tmp_path / "nope"))
+        C.load_checkpoint(str(tmp_path / "nope"))
 
 
 def test_folder_without_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
-        M.load_checkpoint(str(tmp_path))
+        C.load_checkpoint(str(tmp_path))
 
 
 def test_unsupported_model_type(tiny_checkpoint):
@@ -234,7 +235,7 @@ def test_unsupported_model_type(tiny_checkpoint):
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f)
     with pytest.raises(ValueError, match="unsupported model_type 'mamba'"):
-        M.load_checkpoint(folder)
+        C.load_checkpoint(folder)
 
 
 def test_sentencepiece_tokenizer_is_refused(tiny_checkpoint):
@@ -244,7 +245,7 @@ def test_sentencepiece_tokenizer_is_refused(tiny_checkpoint):
     with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
         f.write(b"\n\x0e\n\x05<unk>\x15\x00\x00\x00\x00\x18\x02")  # a SentencePiece protobuf, as in Llama 2
     with pytest.raises(ValueError, match="(?i)sentencepiece"):
-        M.load_checkpoint(folder)
+        C.load_checkpoint(folder)
 
 
 def test_corrupt_safetensors_header(tiny_checkpoint):
@@ -254,30 +255,30 @@ def test_corrupt_safetensors_header(tiny_checkpoint):
         f.seek(8)
         f.write(b"{not json at all")
     with pytest.raises(ValueError, match="corrupt or truncated"):
-        M.load_checkpoint(folder)
+        C.load_checkpoint(folder)
 
 
 def test_tokenizer_model_vocabulary_mismatch(tiny_checkpoint):
     folder, _ = tiny_checkpoint("llama", vocab_size=1000)
     with pytest.raises(ValueError, match="tokenizer has 50257 tokens but the model's vocabulary is 1000"):
-        M.load_checkpoint(folder)
+        C.load_checkpoint(folder)
 
 
 def test_missing_and_misshapen_tensors(tiny_checkpoint):
     folder, _ = tiny_checkpoint("llama")
-    tensors = M.read_hf_tensors(folder)
+    tensors = C.read_hf_tensors(folder)
     with open(os.path.join(folder, "config.json")) as f:
-        model = M.Transformer(M.config_from_hf(json.load(f)))
+        model = M.Transformer(C.config_from_hf(json.load(f)))
     with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
-        M.load_hf_state_dict(model, {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"})
+        C.load_hf_state_dict(model, {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"})
     with pytest.raises(KeyError, match="extra.weight"):
-        M.load_hf_state_dict(model, {**tensors, "extra.weight": torch.zeros(2)})
+        C.load_hf_state_dict(model, {**tensors, "extra.weight": torch.zeros(2)})
     bad = {**tensors, "model.norm.weight": torch.zeros(7)}
     with pytest.raises(ValueError, match=r"model.norm.weight: checkpoint \(7,\), model norm.weight \(32,\)"):
-        M.load_hf_state_dict(model, bad)
+        C.load_hf_state_dict(model, bad)
 
 
 def test_hub_name_without_network_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConnectionError, match="could not fetch 'no-such-org/no-such-model'"):
-        M.load_checkpoint("no-such-org/no-such-model")
+        C.load_checkpoint("no-such-org/no-such-model")

@@ -8,7 +8,7 @@ import weights
 
 
 def test_signals_and_weights_come_from_weights_py(tiny_checkpoint):
-    from model import load_checkpoint
+    from checkpoints import load_checkpoint
     model, tok = load_checkpoint(tiny_checkpoint("llama")[0])
     prompt, text = "Question: 2+2?\nAnswer:", " 2+2=<<2+2=4>>4\n#### 4"
     ids, p, u = show.token_signals(model, tok, prompt, text)
